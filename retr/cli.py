@@ -1,0 +1,113 @@
+"""The ``retr`` command line: index, search, eval, info. It parses arguments and calls the API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from retr.errors import RetrError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Index, search and evaluate collections with dense, sparse and lexical retrievers.",
+)
+
+
+@app.command()
+def index(
+    corpus: Path = typer.Option(..., help="corpus.jsonl, a .tsv (id, [title,] text), or a BEIR / MS MARCO folder"),
+    out: Path = typer.Option(..., help="index directory to write (replaced only when the new one is complete)"),
+    encoder: str = typer.Option("dense:sentence-transformers/all-MiniLM-L6-v2",
+                                help="encoder spec: bm25[:k1=..,b=..] or dense:MODEL[,key=value...]"),
+    index_spec: Optional[str] = typer.Option(None, "--index", help="index spec: flat, hnsw[:M=..], ivf[:nlist=..], lucene"),
+    store_text: bool = typer.Option(True, "--texts/--no-texts", help="keep document texts in the index"),
+    on_empty: str = typer.Option("skip", help="documents with no text: skip (with a warning) or error"),
+) -> None:
+    """Encode a corpus and write an index directory."""
+    from retr.eval.datasets import read_corpus
+    from retr.retriever.pipeline import Retriever
+    from retr.retriever.spec import parse_pair
+
+    if on_empty not in ("skip", "error"):
+        raise RetrError("--on-empty is 'skip' or 'error'")
+    enc, idx = parse_pair(encoder if index_spec is None else f"{encoder}@{index_spec}")
+    docs = read_corpus(corpus, on_empty=on_empty)  # type: ignore[arg-type]
+    retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text)
+    typer.echo(f"indexed {len(retriever)} documents with {retriever.name} into {out} "
+               f"({_size(out) / 2**20:.1f} MiB, {retriever.build_seconds:.1f} s)")
+
+
+@app.command()
+def search(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="index directory"),
+    query: List[str] = typer.Argument(..., help="one or more queries"),
+    k: int = typer.Option(10, "-k", help="hits per query"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
+    encoder: Optional[str] = typer.Option(None, help="query encoder; must match the index's"),
+) -> None:
+    """Search an index."""
+    from retr.retriever.pipeline import open_index
+
+    retriever = open_index(index_dir, encoder=encoder)
+    for text, hits in zip(query, retriever.search_batch(query, k)):
+        if as_json:
+            typer.echo(json.dumps({"query": text, "hits": [
+                {"rank": r, "id": h.id, "score": h.score, "text": h.text} for r, h in enumerate(hits, 1)
+            ]}))
+            continue
+        typer.echo(f"query: {text}")
+        for rank, hit in enumerate(hits, 1):
+            snippet = (hit.text or "").replace("\n", " ")
+            typer.echo(f"{rank:>4}  {hit.score:>9.4f}  {hit.id:<12} {snippet[:90]}")
+
+
+@app.command(name="eval")
+def evaluate(
+    dataset: Path = typer.Argument(..., help="BEIR-layout or MS MARCO-layout folder"),
+    retriever: List[str] = typer.Option(
+        ..., "--retriever", "-r",
+        help="retriever spec (repeat for a table): bm25, dense:MODEL[@INDEX], rrf[A | B], or an index path"),
+    split: str = typer.Option("test", help="qrels split"),
+    k: int = typer.Option(1000, "-k", help="depth of each run"),
+    out: Optional[Path] = typer.Option(None, help="folder for TREC run files and results.json"),
+    metric: List[str] = typer.Option(["ndcg@10", "mrr@10", "recall@100", "recall@1000", "map"], "--metric", "-m"),
+    as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+) -> None:
+    """Evaluate retrievers on a dataset and print one table."""
+    from retr.eval.datasets import load_dataset
+    from retr.eval.harness import _public, evaluate as run_eval, table
+
+    data = load_dataset(dataset, split=split)
+    results = run_eval(data, retriever, k=k, metrics=metric, out=out)
+    typer.echo(json.dumps([_public(r) for r in results], indent=2) if as_json else table(results))
+
+
+@app.command()
+def info(index_dir: Path = typer.Argument(..., metavar="INDEX")) -> None:
+    """Show an index's manifest (encoder, index, size) after checking its files."""
+    from retr.storage import read_manifest
+
+    manifest = read_manifest(index_dir)
+    files = manifest.pop("files")
+    typer.echo(json.dumps(manifest, indent=2))
+    typer.echo(f"{len(files)} files, {sum(f['bytes'] for f in files.values()) / 2**20:.1f} MiB, checksums OK")
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2, never a traceback."""
+    try:
+        app()
+    except RetrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Datasets, metrics, run files and the evaluation harness."""

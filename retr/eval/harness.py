@@ -1,0 +1,95 @@
+"""Evaluate retrievers on a dataset: one run file and one row of metrics per retriever."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from retr.eval.datasets import Dataset
+from retr.eval.metrics import DEFAULT_METRICS, evaluate_run
+from retr.eval.runs import hits_to_run, write_trec_run
+from retr.retriever.spec import AnyRetriever, build_retriever
+
+
+@dataclass
+class Result:
+    retriever: str
+    dataset: str
+    metrics: dict[str, float]
+    build_seconds: float
+    queries_per_second: float
+    run_file: str | None = None
+    run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+
+def run_retriever(retriever: AnyRetriever, dataset: Dataset, k: int = 1000) -> tuple[dict[str, dict[str, float]], float]:
+    """Search every judged query; returns the run and queries per second."""
+    qids = list(dataset.queries)
+    retriever.search(dataset.queries[qids[0]], 1)  # warm up: load models, open files, start the JVM
+    start = time.perf_counter()
+    results = retriever.search_batch([dataset.queries[q] for q in qids], k)
+    seconds = time.perf_counter() - start
+    return hits_to_run(qids, results), len(qids) / seconds if seconds > 0 else float("inf")
+
+
+def evaluate(
+    dataset: Dataset, retrievers: Sequence[str | AnyRetriever], k: int = 1000,
+    metrics: Sequence[str] = DEFAULT_METRICS, out: Path | str | None = None,
+) -> list[Result]:
+    """Build (or take) each retriever, search the dataset's queries, score the runs.
+
+    With ``out``, each run is written as ``<out>/<dataset>.<retriever>.trec`` and all
+    results as ``<out>/<dataset>.results.json``.
+    """
+    results = []
+    for item in retrievers:
+        start = time.perf_counter()
+        retriever = build_retriever(item, dataset.corpus, depth=k) if isinstance(item, str) else item
+        build = time.perf_counter() - start
+        run, qps = run_retriever(retriever, dataset, k)
+        result = Result(retriever.name, dataset.name, evaluate_run(dataset.qrels, run, metrics), build, qps, run=run)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            path = Path(out) / f"{dataset.name}.{_slug(retriever.name)}.trec"
+            write_trec_run(path, run, tag=_slug(retriever.name)[:40])
+            result.run_file = str(path)
+        results.append(result)
+    if out is not None:
+        path = Path(out) / f"{dataset.name}.results.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps([_public(r) for r in results], indent=2) + "\n")
+        os.replace(tmp, path)
+    return results
+
+
+def _public(result: Result) -> dict:
+    data = asdict(result)
+    data.pop("run")
+    return data
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def table(results: Sequence[Result], metrics: Sequence[str] | None = None) -> str:
+    """A plain-text table: one row per retriever, metrics to 4 decimals, build time and queries/s."""
+    if not results:
+        return ""
+    metrics = list(metrics or results[0].metrics)
+    header = ["dataset", "retriever", *metrics, "build s", "q/s"]
+    rows = [
+        [r.dataset, r.retriever, *(f"{r.metrics[m]:.4f}" for m in metrics),
+         f"{r.build_seconds:.1f}", f"{r.queries_per_second:.1f}"]
+        for r in results
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

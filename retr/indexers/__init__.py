@@ -1,0 +1,1 @@
+"""Indexes: FAISS flat / HNSW / IVF for dense vectors, Lucene for BM25."""

@@ -1,0 +1,162 @@
+"""Dense vectors in FAISS: exhaustive inner product, HNSW graph, IVF inverted lists.
+
+Scores are inner products; an encoder that normalises its vectors makes them cosines.
+The FAISS file is FAISS's own format (``faiss.index``), which loads without running code.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retr.errors import RetrError
+
+FAISS_FILE = "faiss.index"
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError:
+        raise RetrError("dense indexes need FAISS: pip install 'retr[dense]'") from None
+    return faiss
+
+
+def as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) matrix, or a clear error."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise RetrError(f"{what}: expected a (n, dim) matrix, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise RetrError(f"{what}: vectors have dimension {x.shape[1]}, the index holds dimension {dim}")
+    if not np.isfinite(x).all():
+        raise RetrError(f"{what}: vectors contain NaN or infinity")
+    return x
+
+
+class FaissIndex(ABC):
+    """Base for the FAISS-backed dense indexes; subclasses say how the index is made."""
+
+    name = "faiss"
+    kind = "dense"
+
+    def __init__(self) -> None:
+        self._index: Any = None
+        self.dim: int | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    @abstractmethod
+    def _make(self, dim: int, train: np.ndarray) -> Any:
+        """A new, trained, empty FAISS index for vectors of width ``dim``."""
+
+    def _tune(self) -> None:
+        """Apply search-time settings to the FAISS index."""
+
+    def __len__(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    def add(self, vectors: Any) -> None:
+        x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
+        if self._index is None:
+            self.dim = x.shape[1]
+            self._index = self._make(self.dim, x)
+            self._tune()
+        self._index.add(x)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._index is None or len(self) == 0:
+            raise RetrError("the index is empty: add documents before searching")
+        q = as_matrix(queries, self.dim, f"searching a {self.name} index")
+        scores, ids = self._index.search(q, k)
+        scores[ids < 0] = -np.inf
+        return scores, ids.astype(np.int64, copy=False)
+
+    def save(self, directory: Path) -> None:
+        _faiss().write_index(self._index, str(directory / FAISS_FILE))
+
+    @classmethod
+    def load(cls, directory: Path, config: dict[str, Any], count: int) -> "FaissIndex":
+        faiss = _faiss()
+        index = cls(**config)
+        try:
+            index._index = faiss.read_index(str(directory / FAISS_FILE))
+        except RuntimeError as exc:
+            raise RetrError(f"cannot read {directory / FAISS_FILE}: {exc}; rebuild the index") from None
+        if index._index.ntotal != count:
+            raise RetrError(f"{directory}: FAISS holds {index._index.ntotal} vectors, the manifest says {count}")
+        index.dim = index._index.d
+        index._tune()
+        return index
+
+
+class FlatIndex(FaissIndex):
+    """Exhaustive inner-product search: exact, the reference for every approximate index."""
+
+    name = "flat"
+
+    def _make(self, dim: int, train: np.ndarray) -> Any:
+        return _faiss().IndexFlatIP(dim)
+
+
+class HNSWIndex(FaissIndex):
+    """Hierarchical navigable small-world graph (FAISS ``IndexHNSWFlat``, inner product)."""
+
+    name = "hnsw"
+
+    def __init__(self, M: int = 32, ef_construction: int = 200, ef_search: int = 128) -> None:
+        super().__init__()
+        if M < 2 or ef_construction < 1 or ef_search < 1:
+            raise RetrError("hnsw needs M >= 2, ef_construction >= 1, ef_search >= 1")
+        self.M, self.ef_construction, self.ef_search = int(M), int(ef_construction), int(ef_search)
+
+    def config(self) -> dict[str, Any]:
+        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+    def _make(self, dim: int, train: np.ndarray) -> Any:
+        faiss = _faiss()
+        index = faiss.IndexHNSWFlat(dim, self.M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        return index
+
+    def _tune(self) -> None:
+        self._index.hnsw.efSearch = self.ef_search
+
+
+class IVFIndex(FaissIndex):
+    """Inverted file over k-means cells (FAISS ``IndexIVFFlat``), trained on the first vectors added.
+
+    ``nlist=0`` picks about 4·sqrt(n) cells, capped so each has at least 39 training points.
+    """
+
+    name = "ivf"
+
+    def __init__(self, nlist: int = 0, nprobe: int = 16) -> None:
+        super().__init__()
+        if nlist < 0 or nprobe < 1:
+            raise RetrError("ivf needs nlist >= 0 (0 = automatic) and nprobe >= 1")
+        self.nlist, self.nprobe = int(nlist), int(nprobe)
+
+    def config(self) -> dict[str, Any]:
+        return {"nlist": self.nlist, "nprobe": self.nprobe}
+
+    def _make(self, dim: int, train: np.ndarray) -> Any:
+        faiss = _faiss()
+        n = len(train)
+        if self.nlist == 0:
+            self.nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        if n < self.nlist:
+            raise RetrError(f"ivf with nlist={self.nlist} needs at least {self.nlist} vectors to train, got {n}")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(train)
+        return index
+
+    def _tune(self) -> None:
+        self._index.nprobe = self.nprobe

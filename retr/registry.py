@@ -1,0 +1,131 @@
+"""Registries that map a name in a spec string to the class that implements it.
+
+A spec is ``name`` or ``name:ITEM,ITEM,...``; an item is ``key=value`` or, first only,
+a bare positional value (a model name, say). Values are parsed as int, float or bool
+where they look like one. ``dense:sentence-transformers/all-MiniLM-L6-v2,batch_size=64``
+and ``hnsw:M=32,ef_search=128`` are specs. Saved indexes name their parts the same way,
+so a manifest rebuilds them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from retr.errors import RetrError
+
+T = TypeVar("T")
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed spec: a registry name, an optional positional argument, keyword settings."""
+
+    name: str
+    positional: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "Spec":
+        text = text.strip()
+        if not text:
+            raise RetrError("empty spec: give a name such as 'bm25', 'dense:MODEL' or 'flat'")
+        name, _, rest = text.partition(":")
+        positional, settings = None, {}
+        for i, item in enumerate(p for p in rest.split(",") if p.strip()) if rest else ():
+            key, eq, value = item.partition("=")
+            if eq:
+                settings[key.strip()] = _value(value.strip())
+            elif i == 0:
+                positional = item.strip()
+            else:
+                raise RetrError(f"spec {text!r}: {item!r} is not key=value")
+        return cls(name.strip().lower(), positional, settings)
+
+    def __str__(self) -> str:
+        items = ([self.positional] if self.positional else []) + [
+            f"{k}={v}" for k, v in self.settings.items()
+        ]
+        return self.name + (":" + ",".join(items) if items else "")
+
+
+class Registry(Generic[T]):
+    """Names to factories, for one family of parts (encoders, indexes, quantizers)."""
+
+    def __init__(self, family: str, builtins: dict[str, str]) -> None:
+        self.family = family
+        self._builtins = builtins  # name -> "module:attribute", imported on first use
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def add(factory: Callable[..., T]) -> Callable[..., T]:
+            self._entries[name] = factory
+            return factory
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted({*self._builtins, *self._entries})
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._entries and name in self._builtins:
+            module, _, attr = self._builtins[name].partition(":")
+            self._entries[name] = getattr(importlib.import_module(module), attr)
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise RetrError(
+                f"unknown {self.family} {name!r}; known: {', '.join(self.names())}"
+            ) from None
+
+    def describe(self, name: str, config: dict[str, Any]) -> str:
+        """A short spec for a part: its name and the settings that differ from the defaults."""
+        params = inspect.signature(self.get(name)).parameters
+        changed = {k: v for k, v in config.items() if k not in params or params[k].default != v}
+        positional = next(iter(params), None)
+        first = changed.pop(positional) if positional in changed and positional == "model" else None
+        return str(Spec(name, first, changed))
+
+    def create(self, spec: "Spec | str", **extra: Any) -> T:
+        """Build the part a spec names, with the spec's settings as keyword arguments."""
+        spec = Spec.parse(spec) if isinstance(spec, str) else spec
+        factory = self.get(spec.name)
+        kwargs = dict(spec.settings, **extra)
+        args = (spec.positional,) if spec.positional is not None else ()
+        try:
+            return factory(*args, **kwargs)
+        except TypeError as exc:
+            raise RetrError(f"{self.family} spec {str(spec)!r}: {exc}") from None
+
+
+ENCODERS: Registry = Registry(
+    "encoder",
+    {
+        "dense": "retr.retriever.dense:DenseEncoder",
+        "bm25": "retr.retriever.bm25:BM25Text",
+    },
+)
+INDEXES: Registry = Registry(
+    "index",
+    {
+        "flat": "retr.indexers.faiss_index:FlatIndex",
+        "hnsw": "retr.indexers.faiss_index:HNSWIndex",
+        "ivf": "retr.indexers.faiss_index:IVFIndex",
+        "lucene": "retr.indexers.lucene:LuceneBM25Index",
+    },
+)
+QUANTIZERS: Registry = Registry("quantizer", {})

@@ -1,0 +1,1 @@
+"""Encoders, the Retriever pipeline and fusion."""

