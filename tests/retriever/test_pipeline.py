@@ -1,0 +1,178 @@
+"""The Retriever on real data: quality floors, every encoder x index pair, round trips, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+import retr
+from retr import ENCODERS, INDEXES, RetrError, Retriever, evaluate_run, open_index
+from tests.conftest import MODEL, run_of
+
+# One test spec per registered encoder: a new encoder must say here how it is tested.
+ENCODER_SPECS = {"dense": f"dense:{MODEL}", "bm25": "bm25"}
+PAIRS = [
+    (ENCODER_SPECS[e], i)
+    for e in ENCODERS.names()
+    for i in INDEXES.names()
+    if getattr(ENCODERS.get(e), "kind", None) == getattr(INDEXES.get(i), "kind", None)
+]
+FLOORS = {"bm25": 0.34, "dense": 0.37}  # measured: 0.3513 and 0.3817 (exact); approximate indexes may lose a little
+
+
+def test_every_encoder_has_a_test_spec_and_an_index():
+    assert set(ENCODER_SPECS) == set(ENCODERS.names())
+    assert {spec for spec, _ in PAIRS} == set(ENCODER_SPECS.values())
+
+
+@pytest.mark.parametrize("encoder,index", PAIRS)
+def test_pair_quality_and_round_trip(encoder, index, cranfield, tmp_path):
+    built = Retriever.build(cranfield.corpus, encoder, index)
+    run = run_of(built, cranfield, k=100)
+    ndcg = evaluate_run(cranfield.qrels, run, ["ndcg@10"])["ndcg@10"]
+    assert ndcg >= FLOORS[encoder.split(":")[0]] - 0.01, f"{encoder}@{index}: nDCG@10 {ndcg:.4f}"
+    built.save(tmp_path / "idx")
+    reopened = open_index(tmp_path / "idx")
+    assert reopened.name == built.name and len(reopened) == len(cranfield.corpus)
+    assert run_of(reopened, cranfield, k=100) == run
+
+
+def test_bm25_and_dense_meet_their_floors(bm25, dense, cranfield):
+    for retriever, floor in ((bm25, 0.3513), (dense, 0.3817)):
+        got = evaluate_run(cranfield.qrels, run_of(retriever, cranfield), ["ndcg@10"])["ndcg@10"]
+        assert got == pytest.approx(floor, abs=5e-4)
+
+
+def test_flat_equals_exhaustive_numpy_and_hnsw_agrees(dense, doc_vectors, cranfield):
+    queries = list(cranfield.queries.values())
+    qv = dense.encoder.encode_queries(queries)
+    exact = np.argsort(-(qv @ doc_vectors.T), axis=1, kind="stable")[:, :10]
+    scores, ids = dense.index.search(qv, 10)
+    assert (ids == exact).mean() > 0.999  # float ties may swap
+    np.testing.assert_allclose(scores, np.take_along_axis(qv @ doc_vectors.T, exact, 1), atol=1e-5)
+    hnsw = INDEXES.create("hnsw")
+    hnsw.add(doc_vectors)
+    _, approx = hnsw.search(qv, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.98
+
+
+def test_hits_carry_ids_scores_and_texts(dense):
+    hits = dense.search("boundary layer transition at high mach number", k=5)
+    assert len(hits) == 5 and all(h.text for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert dense.search_batch([], 5) == []
+    assert len(dense.search("flutter", k=5000)) == len(dense)  # k larger than the corpus
+
+
+def test_bm25_matches_pyserini_called_directly(bm25, cranfield, tmp_path):
+    """Index the raw corpus with Anserini ourselves (empty documents included) and compare."""
+    from retr.indexers._jvm import ensure_jvm
+
+    ensure_jvm()
+    from jnius import autoclass
+    from pyserini.search.lucene import LuceneSearcher
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    with open(src / "docs.jsonl", "w") as out:
+        for line in open(cranfield.path / "corpus.jsonl"):
+            doc = json.loads(line)
+            out.write(json.dumps({"id": doc["_id"], "contents": f"{doc['title']} {doc['text']}".strip()}) + "\n")
+    autoclass("io.anserini.index.IndexCollection").main(
+        ["-collection", "JsonCollection", "-input", str(src), "-index", str(tmp_path / "lucene"), "-threads", "1", "-quiet"]
+    )
+    searcher = LuceneSearcher(str(tmp_path / "lucene"))
+    searcher.set_bm25(0.9, 0.4)
+    qids = list(cranfield.queries)
+    direct = searcher.batch_search([cranfield.queries[q] for q in qids], qids, k=100, threads=2)
+    ours = run_of(bm25, cranfield, k=100)
+    for qid in qids:
+        theirs = {h.docid: h.score for h in direct[qid]}
+        assert ours[qid].keys() == theirs.keys()
+        assert all(abs(ours[qid][d] - theirs[d]) < 1e-4 for d in theirs)
+
+
+def test_fusion_beats_each_member_on_cranfield(bm25, dense, cranfield):
+    single = [evaluate_run(cranfield.qrels, run_of(r, cranfield), ["ndcg@10"])["ndcg@10"] for r in (bm25, dense)]
+    for method in ("rrf", "linear"):
+        fused = retr.FusedRetriever([bm25, dense], method=method)
+        got = evaluate_run(cranfield.qrels, run_of(fused, cranfield, k=10), ["ndcg@10"])["ndcg@10"]
+        assert got > max(single), (method, got, single)
+
+
+def test_fusion_spec_builds_members(cranfield):
+    fused = retr.build_retriever(f"linear:weights=0.2/0.8[bm25 | dense:{MODEL}]", cranfield.corpus, depth=50)
+    assert fused.weights == [0.2, 0.8] and fused.name.startswith("linear:weights=0.2/0.8[bm25@lucene | dense:")
+    with pytest.raises(RetrError, match="at least two"):
+        retr.build_retriever("rrf[bm25]", cranfield.corpus)
+
+
+def test_open_with_another_encoder_or_dimension_fails(dense, tmp_path):
+    dense.save(tmp_path / "idx")
+    with pytest.raises(RetrError, match="was built with encoder"):
+        open_index(tmp_path / "idx", encoder=f"dense:{MODEL},normalize=false")
+    open_index(tmp_path / "idx", encoder=f"dense:{MODEL}")  # the same encoder, named, is fine
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    manifest["encoder"]["dim"] = 768
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RetrError, match="holds 384-d vectors, its manifest says 768"):
+        open_index(tmp_path / "idx")
+
+
+def test_wrong_dimension_and_kind_mismatch(doc_vectors, cranfield):
+    index = INDEXES.create("flat")
+    index.add(doc_vectors)
+    with pytest.raises(RetrError, match="dimension 128, the index holds dimension 384"):
+        index.search(np.zeros((1, 128), np.float32), 5)
+    with pytest.raises(RetrError, match="NaN"):
+        index.add(np.full((1, 384), np.nan, np.float32))
+    with pytest.raises(RetrError, match="makes text representations but index 'flat' holds dense"):
+        Retriever.build(cranfield.corpus[:10], "bm25", "flat")
+
+
+def test_bad_queries_and_corpora(dense):
+    with pytest.raises(RetrError, match="query 1 is empty"):
+        dense.search_batch(["lift", "  "], 5)
+    with pytest.raises(RetrError, match="k must be at least 1"):
+        dense.search("lift", 0)
+    with pytest.raises(RetrError, match="list of queries"):
+        dense.search_batch("lift", 5)
+    with pytest.raises(RetrError, match="corpus is empty"):
+        Retriever.build([], "bm25")
+    with pytest.raises(RetrError, match="duplicate document id 'x'"):
+        Retriever.build([{"_id": "x", "text": "a"}, {"_id": "x", "text": "b"}], "bm25")
+
+
+def test_interrupted_save_keeps_the_existing_index(dense, tmp_path, monkeypatch):
+    path = dense.save(tmp_path / "idx")
+    before = {p.name: p.stat().st_mtime_ns for p in path.rglob("*")}
+
+    def interrupted(self, directory):
+        (directory / "faiss.index").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(dense.index), "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dense.save(path)
+    assert {p.name: p.stat().st_mtime_ns for p in path.rglob("*")} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    monkeypatch.undo()
+    assert len(open_index(path).search("shock wave", 3)) == 3
+
+
+def test_corrupt_faiss_file_is_caught_on_open(dense, tmp_path):
+    path = dense.save(tmp_path / "idx")
+    faiss_file = path / "index" / "faiss.index"
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    faiss_file.write_bytes(bytes(data))
+    with pytest.raises(RetrError, match="fails its checksum"):
+        open_index(path)
+
+
+def test_second_encoding_comes_from_the_cache(dense, cranfield, monkeypatch):
+    texts = [d.content for d in cranfield.corpus[:50]]
+    first = dense.encoder.encode_documents(texts)
+    monkeypatch.setattr(type(dense.encoder), "_encode", lambda self, t: pytest.fail("re-encoded a cached text"))
+    np.testing.assert_array_equal(dense.encoder.encode_documents(texts), first)

@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+
+from retr import RetrError
+from retr.storage import StringArray, atomic_directory, read_manifest, save_array, write_manifest
+
+
+def _index_dir(root, name="idx"):
+    target = root / name
+    with atomic_directory(target) as tmp:
+        save_array(tmp / "a.npy", np.arange(1000, dtype=np.float32))
+        write_manifest(tmp, {"note": "test"})
+    return target
+
+
+def test_manifest_records_every_file_and_verifies(tmp_path):
+    target = _index_dir(tmp_path)
+    manifest = read_manifest(target)
+    assert set(manifest["files"]) == {"a.npy"} and manifest["note"] == "test"
+
+
+def test_corruption_is_caught_on_open(tmp_path):
+    target = _index_dir(tmp_path)
+    data = bytearray((target / "a.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (target / "a.npy").write_bytes(bytes(data))
+    with pytest.raises(RetrError, match="checksum"):
+        read_manifest(target)
+    read_manifest(target, verify=False)  # same size: only the checksum can tell
+
+
+def test_truncation_and_missing_files_are_caught(tmp_path):
+    target = _index_dir(tmp_path)
+    with open(target / "a.npy", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(RetrError, match="truncated"):
+        read_manifest(target, verify=False)
+    (target / "a.npy").unlink()
+    with pytest.raises(RetrError, match="missing a.npy"):
+        read_manifest(target)
+
+
+def test_bad_manifest_and_version(tmp_path):
+    target = _index_dir(tmp_path)
+    (target / "manifest.json").write_text("{not json")
+    with pytest.raises(RetrError, match="corrupt"):
+        read_manifest(target)
+    target = _index_dir(tmp_path, "v")
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RetrError, match="format version 99"):
+        read_manifest(target)
+    with pytest.raises(RetrError, match="no index"):
+        read_manifest(tmp_path / "nowhere")
+
+
+def test_failed_write_leaves_the_old_directory_and_no_temporaries(tmp_path):
+    target = _index_dir(tmp_path)
+    before = (target / "a.npy").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(target) as tmp:
+            save_array(tmp / "a.npy", np.zeros(3))
+            raise KeyboardInterrupt
+    assert (target / "a.npy").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_refuses_to_replace_a_directory_that_is_not_an_index(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "precious.txt").write_text("keep me")
+    with pytest.raises(RetrError, match="not a retr index"):
+        with atomic_directory(tmp_path / "docs"):
+            pass
+    assert (tmp_path / "docs" / "precious.txt").read_text() == "keep me"
+
+
+def test_string_array_round_trip_memory_mapped(tmp_path):
+    strings = ["", "plain", "ünïcödé ✓", "tab\tand\nnewline", "x" * 10_000]
+    StringArray.from_strings(strings).save(tmp_path, "s")
+    loaded = StringArray.load(tmp_path, "s")
+    assert list(loaded) == strings and len(loaded) == 5
+    assert isinstance(loaded._blob, np.memmap)
+
+
+def test_object_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    from retr.storage import load_array
+
+    with pytest.raises(RetrError, match="cannot read"):
+        load_array(tmp_path / "obj.npy", mmap=False)
