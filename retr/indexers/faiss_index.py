@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
+from retr.progress import progress_bar
 
 FAISS_FILE = "faiss.index"
+ADD_CHUNK = 1 << 16  # vectors per FAISS add call, so the progress bar moves
 
 
 def _faiss() -> Any:
@@ -69,7 +71,10 @@ class FaissIndex(ABC):
             self.dim = x.shape[1]
             self._index = self._make(self.dim, x)
             self._tune()
-        self._index.add(x)
+        with progress_bar(total=len(x), desc=f"adding to {self.name}", unit="vec") as bar:
+            for start in range(0, len(x), ADD_CHUNK):
+                self._index.add(x[start : start + ADD_CHUNK])
+                bar.update(min(ADD_CHUNK, len(x) - start))
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None or len(self) == 0:
