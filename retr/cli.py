@@ -79,11 +79,11 @@ def evaluate(
 ) -> None:
     """Evaluate retrievers on a dataset and print one table."""
     from retr.eval.datasets import load_dataset
-    from retr.eval.harness import _public, evaluate as run_eval, table
+    from retr.eval.harness import evaluate as run_eval, table
 
     data = load_dataset(dataset, split=split)
     results = run_eval(data, retriever, k=k, metrics=metric, out=out)
-    typer.echo(json.dumps([_public(r) for r in results], indent=2) if as_json else table(results))
+    typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json else table(results))
 
 
 @app.command()

@@ -130,6 +130,7 @@ class StringArray:
 
     def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
         self._blob, self._offsets = blob, offsets
+        self._bytes = memoryview(blob).cast("B") if len(blob) else memoryview(b"")  # fast slicing, no copies
 
     @classmethod
     def from_strings(cls, strings: list[str]) -> "StringArray":
@@ -155,8 +156,8 @@ class StringArray:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        start, end = self._offsets[i], self._offsets[i + 1]
-        return bytes(self._blob[start:end]).decode("utf-8")
+        start, end = self._offsets[i : i + 2].tolist()
+        return str(self._bytes[start:end], "utf-8")
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))

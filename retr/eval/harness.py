@@ -26,6 +26,12 @@ class Result:
     run_file: str | None = None
     run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
+    def to_dict(self) -> dict:
+        """Everything but the run itself (which is in the run file), for JSON."""
+        data = asdict(self)
+        data.pop("run")
+        return data
+
 
 def run_retriever(retriever: AnyRetriever, dataset: Dataset, k: int = 1000) -> tuple[dict[str, dict[str, float]], float]:
     """Search every judged query; returns the run and queries per second."""
@@ -62,15 +68,9 @@ def evaluate(
     if out is not None:
         path = Path(out) / f"{dataset.name}.results.json"
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps([_public(r) for r in results], indent=2) + "\n")
+        tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
         os.replace(tmp, path)
     return results
-
-
-def _public(result: Result) -> dict:
-    data = asdict(result)
-    data.pop("run")
-    return data
 
 
 def _slug(name: str) -> str:
