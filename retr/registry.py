@@ -117,6 +117,7 @@ ENCODERS: Registry = Registry(
     {
         "dense": "retr.retriever.dense:DenseEncoder",
         "bm25": "retr.retriever.bm25:BM25Text",
+        "colbert": "retr.retriever.colbert:ColBERTEncoder",
     },
 )
 INDEXES: Registry = Registry(
@@ -126,6 +127,8 @@ INDEXES: Registry = Registry(
         "hnsw": "retr.indexers.faiss_index:HNSWIndex",
         "ivf": "retr.indexers.faiss_index:IVFIndex",
         "lucene": "retr.indexers.lucene:LuceneBM25Index",
+        "maxsim": "retr.indexers.maxsim:ExactMultiVectorIndex",
+        "muvera": "retr.indexers.muvera:MuveraIndex",
     },
 )
 QUANTIZERS: Registry = Registry("quantizer", {})

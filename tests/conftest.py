@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DATA = Path(os.environ.get("RETR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -50,6 +51,18 @@ def dense(cranfield):
 def doc_vectors(dense):
     """Cranfield's document vectors (from the cache the dense fixture filled)."""
     return dense.encoder.encode_documents([dense.docstore.texts[i] for i in range(len(dense))])
+
+
+@pytest.fixture(scope="session")
+def colbert_slice(cranfield):
+    """ColBERT (zero-shot MiniLM) vectors of the first 300 documents and 20 queries: (docs, all tokens, offsets, queries)."""
+    from retr.retriever.colbert import ColBERTEncoder
+
+    encoder = ColBERTEncoder(MODEL)
+    docs = encoder.encode_documents([d.content for d in cranfield.corpus[:300]])
+    queries = encoder.encode_queries(list(cranfield.queries.values())[:20])
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    return docs, np.concatenate(docs), offsets, queries
 
 
 def run_of(retriever, dataset, k=100):

@@ -11,7 +11,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,11 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
 
 
 class EmbeddingCache:
-    """Vectors of one encoder (one ``key``), looked up by text."""
+    """Encodings of one encoder (one ``key``), looked up by text.
+
+    An encoding is a (rows, dim) matrix: one row for a dense vector, one per token for
+    multi-vector encoders. Each shard holds text hashes, row offsets and the rows.
+    """
 
     def __init__(self, key: str, root: Path | None = None) -> None:
         root = root if root is not None else cache_root()
@@ -47,10 +51,14 @@ class EmbeddingCache:
         return sorted(p for p in self.folder.glob("*.npz") if not p.name.startswith("."))
 
     def encode(
-        self, texts: Sequence[str], encode: Callable[[Sequence[str]], np.ndarray],
+        self, texts: Sequence[str], encode: Callable[[Sequence[str]], Any], ragged: bool = False,
         desc: str = "encoding", chunk: int = 512, flush_every: int = 16384,
-    ) -> np.ndarray:
-        """Vectors for ``texts``: cached ones read back, the rest computed by ``encode`` and stored."""
+    ) -> Any:
+        """Encodings of ``texts``: cached ones read back, the rest computed by ``encode`` and stored.
+
+        ``encode`` returns an (n, dim) array, or with ``ragged`` a list of (rows, dim)
+        arrays; the result has the same form.
+        """
         keys = [h.tobytes() for h in text_hashes(texts)]
         found = self._read(set(keys))
         missing: dict[bytes, int] = {}
@@ -58,43 +66,48 @@ class EmbeddingCache:
             if key not in found:
                 missing.setdefault(key, i)
         todo = list(missing.items())
-        pending: list[tuple[list[bytes], np.ndarray]] = []
+        pending: list[tuple[bytes, np.ndarray]] = []
         bar_desc = f"{desc} ({len(keys) - len(todo)} cached)" if found else desc
         with progress_bar(total=len(todo), desc=bar_desc, unit="text") as bar:
             for start in range(0, len(todo), chunk):
                 batch = todo[start : start + chunk]
-                vectors = np.asarray(encode([texts[i] for _, i in batch]), dtype=np.float32)
-                batch_keys = [key for key, _ in batch]
-                found.update(zip(batch_keys, vectors))
-                pending.append((batch_keys, vectors))
+                out = encode([texts[i] for _, i in batch])
+                matrices = [np.asarray(m, dtype=np.float32) for m in out] if ragged else \
+                    list(np.asarray(out, dtype=np.float32)[:, None, :])
+                for (key, _), matrix in zip(batch, matrices):
+                    found[key] = matrix
+                    pending.append((key, matrix))
                 bar.update(len(batch))
-                if sum(len(k) for k, _ in pending) >= flush_every:
+                if len(pending) >= flush_every:
                     self._write(pending)
                     pending = []
         if pending:
             self._write(pending)
-        return np.stack([found[key] for key in keys])
+        if ragged:
+            return [found[key] for key in keys]
+        return np.stack([found[key][0] for key in keys])
 
     def _read(self, wanted: set[bytes]) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
         for shard in self._shards():
             try:
                 with np.load(shard, allow_pickle=False) as data:
-                    shard_keys, vectors = data["keys"], data["vectors"]
+                    shard_keys, offsets, rows = data["keys"], data["offsets"], data["rows"]
             except (OSError, ValueError, KeyError):
                 continue  # a damaged shard is skipped; its texts are encoded again
-            for key, vector in zip(shard_keys, vectors):
+            for i, key in enumerate(shard_keys):
                 if (kb := key.tobytes()) in wanted:
-                    found[kb] = vector
+                    found[kb] = rows[offsets[i] : offsets[i + 1]]
         return found
 
-    def _write(self, pending: list[tuple[list[bytes], np.ndarray]]) -> None:
+    def _write(self, pending: list[tuple[bytes, np.ndarray]]) -> None:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         tmp = self.folder / f".{name}.tmp.npz"
-        keys = b"".join(b"".join(k) for k, _ in pending)
-        key_array = np.frombuffer(keys, dtype=np.uint8).reshape(-1, 16)
-        np.savez(tmp, keys=key_array, vectors=np.concatenate([v for _, v in pending]))
+        keys = np.frombuffer(b"".join(k for k, _ in pending), dtype=np.uint8).reshape(-1, 16)
+        offsets = np.zeros(len(pending) + 1, dtype=np.int64)
+        np.cumsum([len(m) for _, m in pending], out=offsets[1:])
+        np.savez(tmp, keys=keys, offsets=offsets, rows=np.concatenate([m for _, m in pending]))
         os.replace(tmp, self.folder / f"{name}.npz")

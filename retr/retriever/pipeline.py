@@ -6,7 +6,7 @@ import datetime
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from retr.registry import ENCODERS, INDEXES, Spec
 from retr.storage import StringArray, atomic_directory, read_manifest, write_manifest
 
 INDEX_DIR, DOCSTORE_DIR = "index", "docstore"
-DEFAULT_INDEX = {"dense": "flat", "text": "lucene"}
+DEFAULT_INDEX = {"dense": "flat", "multi": "maxsim", "text": "lucene"}
 
 
 @dataclass(frozen=True)

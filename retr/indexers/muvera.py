@@ -1,0 +1,110 @@
+"""MUVERA: multi-vector search as one single-vector search, then exact MaxSim reranking.
+
+Documents' token sets become fixed dimensional encodings (``retr.indexers.fde``) held
+by any dense index (``inner``: flat, hnsw, ivf, ...); a query's encoding retrieves
+``candidates`` documents, which are rescored by exact MaxSim over the stored token
+vectors. Settings of the inner index are passed with an ``inner_`` prefix:
+``muvera:inner=hnsw,inner_ef_search=256,candidates=200``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retr.errors import RetrError
+from retr.indexers.fde import FDE
+from retr.indexers.maxsim import ExactMultiVectorIndex, as_token_matrices, top_k
+from retr.progress import progress_bar
+from retr.registry import INDEXES
+
+FDE_DIR = "fde"
+ENCODE_CHUNK = 1024  # documents encoded per step (bounds the (docs, width) block in memory)
+
+
+class MuveraIndex:
+    """Fixed dimensional encodings in a dense index, candidates reranked by exact MaxSim."""
+
+    name = "muvera"
+    kind = "multi"
+
+    def __init__(
+        self, r_reps: int = 20, k_sim: int = 5, d_proj: int = 16, final_dim: int = 0, fill_empty: bool = True,
+        seed: int = 42, inner: str = "flat", candidates: int = 100, rerank: bool = True, **inner_settings: Any,
+    ) -> None:
+        unknown = [key for key in inner_settings if not key.startswith("inner_")]
+        if unknown:
+            raise RetrError(f"muvera has no setting {', '.join(unknown)} (inner index settings start with inner_)")
+        if candidates < 1:
+            raise RetrError("muvera needs candidates >= 1")
+        self.fde_settings = {"r_reps": int(r_reps), "k_sim": int(k_sim), "d_proj": int(d_proj),
+                             "final_dim": int(final_dim), "fill_empty": bool(fill_empty), "seed": int(seed)}
+        self.inner_name, self.candidates, self.rerank = inner, int(candidates), bool(rerank)
+        self._inner = INDEXES.create(inner, **{k[len("inner_"):]: v for k, v in inner_settings.items()})
+        if self._inner.kind != "dense":
+            raise RetrError(f"muvera's inner index must hold dense vectors; {inner!r} holds {self._inner.kind}")
+        self._store = ExactMultiVectorIndex()
+        self._fde: FDE | None = None
+
+    def config(self) -> dict[str, Any]:
+        inner = {f"inner_{k}": v for k, v in self._inner.config().items()}
+        return {**self.fde_settings, "inner": self.inner_name, "candidates": self.candidates,
+                "rerank": self.rerank, **inner}
+
+    @property
+    def dim(self) -> int | None:
+        return self._store.dim
+
+    def fde(self) -> FDE:
+        if self._fde is None:
+            if self.dim is None:
+                raise RetrError("the index is empty: add documents before searching")
+            self._fde = FDE(self.dim, **self.fde_settings)
+        return self._fde
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def add(self, reps: Any) -> None:
+        docs = as_token_matrices(reps, self.dim, f"adding to a {self.name} index")
+        self._store.add(docs)
+        fde = self.fde()
+        encoded = np.zeros((len(docs), fde.width), dtype=np.float32)
+        with progress_bar(total=len(docs), desc="encoding FDEs", unit="doc") as bar:
+            for start in range(0, len(docs), ENCODE_CHUNK):
+                encoded[start : start + ENCODE_CHUNK] = fde.encode(docs[start : start + ENCODE_CHUNK], query=False)
+                bar.update(min(ENCODE_CHUNK, len(docs) - start))
+        self._inner.add(encoded)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self) == 0:
+            raise RetrError("the index is empty: add documents before searching")
+        qs = as_token_matrices(queries, self.dim, f"searching a {self.name} index")
+        depth = max(k, self.candidates) if self.rerank else k
+        fde_scores, candidates = self._inner.search(self.fde().encode(qs, query=True), depth)
+        if not self.rerank:
+            return fde_scores, candidates
+        scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(qs), k), -1, dtype=np.int64)
+        for row, (query, cand) in enumerate(zip(qs, candidates)):
+            cand = cand[cand >= 0]
+            exact = self._store.rescore(query, cand)
+            s, order = top_k(exact[None, :], k)
+            found = order[0] >= 0
+            scores[row, found], ids[row, found] = s[0, found], cand[order[0, found]]
+        return scores, ids
+
+    def save(self, directory: Path) -> None:
+        self._store.save(directory)
+        (directory / FDE_DIR).mkdir()
+        self._inner.save(directory / FDE_DIR)
+
+    @classmethod
+    def load(cls, directory: Path, config: dict[str, Any], count: int) -> "MuveraIndex":
+        index = cls(**config)
+        index._store = ExactMultiVectorIndex.load(directory, {}, count)
+        inner_config = {k[len("inner_"):]: v for k, v in config.items() if k.startswith("inner_")}
+        index._inner = INDEXES.get(index.inner_name).load(directory / FDE_DIR, inner_config, count)
+        return index

@@ -1,0 +1,83 @@
+"""MaxSim on real ColBERT token vectors of a cranfield slice: fast = reference, exact index, round trip."""
+
+import numpy as np
+import pytest
+
+from retr import INDEXES, RetrError
+from retr.indexers.maxsim import ExactMultiVectorIndex, maxsim_batch, maxsim_reference, maxsim_scores
+
+
+@pytest.fixture(scope="module")
+def tokens(colbert_slice):
+    return colbert_slice
+
+
+def test_fast_maxsim_equals_the_reference(tokens):
+    docs, flat, offsets, queries = tokens
+    sub = offsets[:101]  # the first 100 documents keep the loops quick
+    for q in queries[:3]:
+        fast, slow = maxsim_scores(q, flat, sub), maxsim_reference(q, flat, sub)
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-4)
+        assert list(np.argsort(-fast, kind="stable")[:10]) == list(np.argsort(-slow, kind="stable")[:10])
+
+
+def test_chunking_and_batching_do_not_change_scores(tokens):
+    _, flat, offsets, queries = tokens
+    whole = maxsim_batch(queries, flat, offsets)
+    assert whole.shape == (len(queries), len(offsets) - 1) and whole.dtype == np.float32
+    np.testing.assert_allclose(maxsim_batch(queries, flat, offsets, cells=3000), whole, rtol=1e-6, atol=1e-5)
+    for i, q in enumerate(queries[:5]):
+        np.testing.assert_allclose(maxsim_scores(q, flat, offsets, cells=1), whole[i], rtol=1e-6, atol=1e-5)
+
+
+def test_index_is_exact_over_float16_tokens(tokens):
+    docs, flat, offsets, queries = tokens
+    index = INDEXES.create("maxsim")
+    assert isinstance(index, ExactMultiVectorIndex) and index.kind == "multi"
+    index.add(docs[:150])
+    index.add(docs[150:])  # ids continue
+    assert len(index) == 300 and index.dim == flat.shape[1]
+    scores, ids = index.search(queries, 10)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (len(queries), 10)
+    expected = maxsim_batch(queries, flat.astype(np.float16), offsets)
+    np.testing.assert_array_equal(ids, np.argsort(-expected, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, 1), rtol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    scores, ids = index.search(queries[:2], 400)  # k above the corpus size: -1 / -inf padding
+    assert (ids[:, :300] >= 0).all() and (ids[:, 300:] == -1).all() and np.isneginf(scores[:, 300:]).all()
+    assert sorted(ids[0, :300]) == list(range(300))
+
+
+def test_an_empty_document_never_matches(tokens):
+    docs, _, _, queries = tokens
+    index = ExactMultiVectorIndex()
+    index.add([docs[0], docs[0][:0], docs[1]])
+    scores, ids = index.search(queries[:1], 3)
+    assert sorted(ids[0, :2]) == [0, 2] and ids[0, 2] == -1 and np.isneginf(scores[0, 2])
+
+
+def test_save_and_load_memory_mapped(tokens, tmp_path):
+    docs, _, _, queries = tokens
+    index = ExactMultiVectorIndex()
+    index.add(docs)
+    index.save(tmp_path)
+    loaded = ExactMultiVectorIndex.load(tmp_path, index.config(), 300)
+    assert isinstance(loaded._tokens, np.memmap) and loaded.dim == index.dim
+    for got, want in zip(loaded.search(queries, 20), index.search(queries, 20)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(RetrError, match="the manifest says 299 documents"):
+        ExactMultiVectorIndex.load(tmp_path, {}, 299)
+
+
+def test_bad_input(tokens):
+    docs, flat, _, queries = tokens
+    index = ExactMultiVectorIndex()
+    with pytest.raises(RetrError, match="index is empty"):
+        index.search(queries, 5)
+    with pytest.raises(RetrError, match="list of"):
+        index.add(flat)
+    index.add(docs[:5])
+    with pytest.raises(RetrError, match="dimension 128, the index holds dimension 384"):
+        index.search([np.zeros((4, 128), np.float32)], 5)
+    with pytest.raises(RetrError, match="NaN"):
+        index.add([np.full((3, 384), np.nan, np.float32)])
