@@ -92,12 +92,15 @@ class Registry(Generic[T]):
                 f"unknown {self.family} {name!r}; known: {', '.join(self.names())}"
             ) from None
 
+    def changed(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The settings in ``config`` that differ from the defaults of the part ``name``."""
+        params = inspect.signature(self.get(name)).parameters
+        return {k: v for k, v in config.items() if k not in params or params[k].default != v}
+
     def describe(self, name: str, config: dict[str, Any]) -> str:
         """A short spec for a part: its name and the settings that differ from the defaults."""
-        params = inspect.signature(self.get(name)).parameters
-        changed = {k: v for k, v in config.items() if k not in params or params[k].default != v}
-        positional = next(iter(params), None)
-        first = changed.pop(positional) if positional in changed and positional == "model" else None
+        changed = self.changed(name, config)
+        first = changed.pop("model", None)
         return str(Spec(name, first, changed))
 
     def create(self, spec: "Spec | str", **extra: Any) -> T:
@@ -129,6 +132,7 @@ INDEXES: Registry = Registry(
         "lucene": "retr.indexers.lucene:LuceneBM25Index",
         "maxsim": "retr.indexers.maxsim:ExactMultiVectorIndex",
         "muvera": "retr.indexers.muvera:MuveraIndex",
+        "plaid": "retr.indexers.plaid:PlaidIndex",
     },
 )
-QUANTIZERS: Registry = Registry("quantizer", {})
+QUANTIZERS: Registry = Registry("quantizer", {"residual": "retr.quantizers.residual:ResidualQuantizer"})

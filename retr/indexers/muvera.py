@@ -49,7 +49,7 @@ class MuveraIndex:
         self._fde: FDE | None = None
 
     def config(self) -> dict[str, Any]:
-        inner = {f"inner_{k}": v for k, v in self._inner.config().items()}
+        inner = {f"inner_{k}": v for k, v in INDEXES.changed(self.inner_name, self._inner.config()).items()}
         return {**self.fde_settings, "inner": self.inner_name, "candidates": self.candidates,
                 "rerank": self.rerank, **inner}
 
