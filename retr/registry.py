@@ -27,7 +27,7 @@ def _value(text: str) -> Any:
         try:
             return cast(text)
         except ValueError:
-            pass
+            continue
     return text
 
 

@@ -86,16 +86,14 @@ def _local_folder(resolved: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise RetrError(f"model {resolved!r} is not a local folder and huggingface_hub is missing") from None
-    try:
-        return Path(snapshot_download(resolved, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached yet: fetch it
-        pass
-    try:
-        return Path(snapshot_download(resolved))
-    except Exception as exc:  # noqa: BLE001 - network, missing repository, auth
-        raise RetrError(
-            f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name"
-        ) from None
+    for local_only in (True, False):  # the local Hub cache first, then a download
+        try:
+            return Path(snapshot_download(resolved, local_files_only=local_only))
+        except Exception as exc:  # noqa: BLE001 - not cached, network, missing repository, auth
+            error = exc
+    raise RetrError(
+        f"cannot load model {resolved!r}: {error}. Give a local model folder or a Hugging Face name"
+    ) from None
 
 
 def _projection(folder: Path) -> tuple[Any, Any, dict[str, Any], str, str]:
