@@ -101,6 +101,15 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top_scores, top_ids
 
 
+def token_rows(offsets: np.ndarray, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows of the given documents, concatenated, and the offsets of each document within them."""
+    starts, ends = offsets[doc_ids], offsets[doc_ids + 1]
+    lengths = ends - starts
+    seg = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.repeat(starts - seg[:-1], lengths) + np.arange(seg[-1], dtype=np.int64)
+    return rows, seg
+
+
 def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]:
     """A list of float32 (tokens, dim) matrices, or a clear error."""
     if isinstance(reps, np.ndarray) and reps.ndim == 2:
@@ -168,9 +177,7 @@ class ExactMultiVectorIndex:
 
     def rescore(self, query: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query against the given documents only (candidates from a first stage)."""
-        starts, ends = self._offsets[doc_ids], self._offsets[np.asarray(doc_ids) + 1]
-        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)] or [np.zeros(0, np.int64)])
-        sub_offsets = np.concatenate([[0], np.cumsum(ends - starts)])
+        rows, sub_offsets = token_rows(self._offsets, np.asarray(doc_ids, dtype=np.int64))
         return maxsim_batch([query], np.asarray(self._tokens[rows]), sub_offsets)[0]
 
     def save(self, directory: Path) -> None:

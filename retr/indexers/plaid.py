@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
-from retr.indexers.maxsim import as_token_matrices, maxsim_batch, top_k
+from retr.indexers.maxsim import as_token_matrices, maxsim_batch, token_rows, top_k
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
 from retr.storage import load_array, save_array
@@ -30,15 +30,6 @@ from retr.storage import load_array, save_array
 CODES_FILE, RESIDUALS_FILE, OFFSETS_FILE = "codes.npy", "residuals.npy", "offsets.npy"
 IVF_OFFSETS_FILE, IVF_DOCS_FILE = "ivf_offsets.npy", "ivf_docs.npy"
 QUANTIZER_DIR = "residual"
-
-
-def _rows(offsets: np.ndarray, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows of the given documents (concatenated) and their segment starts within them."""
-    starts, ends = offsets[doc_ids], offsets[doc_ids + 1]
-    lengths = ends - starts
-    seg = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rows = np.repeat(starts - seg[:-1], lengths) + np.arange(seg[-1], dtype=np.int64)
-    return rows, seg
 
 
 def _centroid_scores(qc: np.ndarray, codes: np.ndarray, seg: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
@@ -129,20 +120,20 @@ class PlaidIndex:
             return np.zeros(0, np.float32), cand
         ndocs = max(self.ndocs, 4 * k)
         # stage 2: centroid interaction with pruning
-        rows, seg = _rows(self._offsets, cand)
+        rows, seg = token_rows(self._offsets, cand)
         codes = np.asarray(self._codes[rows])
         keep = (qc.max(0) >= self.t_cs)[codes]
         approx = _centroid_scores(qc, codes, seg, keep)
         if len(cand) > ndocs:
             cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
-            rows, seg = _rows(self._offsets, cand)
+            rows, seg = token_rows(self._offsets, cand)
             codes = np.asarray(self._codes[rows])
         # stage 3: centroid interaction without pruning
         final = max(k, ndocs // 4)
         if len(cand) > final:
             approx = _centroid_scores(qc, codes, seg, None)
             cand = np.sort(cand[top_k(approx[None], final)[1][0]])
-            rows, seg = _rows(self._offsets, cand)
+            rows, seg = token_rows(self._offsets, cand)
         # stage 4: decompress and score exactly
         tokens = self.quantizer.decode(np.asarray(self._codes[rows]), np.asarray(self._residuals[rows]))
         return maxsim_batch([query], tokens, seg)[0], cand
