@@ -38,12 +38,12 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from common import best_windows, dir_bytes, md_table, ratio, seconds_per_call, timed
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -54,54 +54,6 @@ Evaluate = Callable[[Run], dict[str, float]]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def md_table(header: Sequence[str], rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def window(fn: Callable[[], Any], min_seconds: float = 1.0) -> float:
-    """Mean seconds per call of ``fn``, calling it again until >= min_seconds have passed."""
-    reps, elapsed, start = 0, 0.0, time.perf_counter()
-    while elapsed < min_seconds:
-        fn()
-        reps += 1
-        elapsed = time.perf_counter() - start
-    return elapsed / reps
-
-
-def best_windows(calls: dict[Any, Callable[[], Any]], windows: int = 3) -> dict[Any, float]:
-    """Seconds per call of each of ``calls``: warmed up once, then best of ``windows`` windows.
-
-    The windows are interleaved (every call's first window, then every call's second...),
-    so a busy moment on the machine slows one window of several systems, not one system.
-    """
-    for fn in calls.values():
-        fn()
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(windows):
-        for key, fn in calls.items():
-            best[key] = min(best[key], window(fn))
-    return best
-
-
-def seconds_per_call(fn: Callable[[], Any]) -> float:
-    return best_windows({0: fn})[0]
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def ratio(value: float, base: float) -> str:
-    return f"{value / base:.2f}×" if base else "–"
 
 
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,9 @@ Representations come in kinds, and an index accepts one kind:
 
 - ``dense``: ``np.ndarray`` float32 of shape (n, dim), one vector per text
 - ``multi``: a list of (tokens, dim) float arrays, one per text
-- ``sparse``: a list of ``{term: weight}`` dicts, one per text
+- ``sparse``: ``retr.sparse.SparseVectors``, one CSR row over a vocabulary per text
+  (indexes also take a list of ``{term: weight}`` dicts)
+- ``multi-sparse``: ``SparseVectors`` with ``offsets``: a set of sparse token vectors per text (SLIM)
 - ``text``: the texts themselves, for indexes that analyse text (Lucene BM25)
 """
 
@@ -15,7 +17,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-KINDS = ("dense", "multi", "sparse", "text")
+KINDS = ("dense", "multi", "sparse", "multi-sparse", "text")
 
 
 @runtime_checkable
@@ -36,7 +38,11 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class Index(Protocol):
-    """Stores representations under internal ids 0..n-1 and finds the best for a query."""
+    """Stores representations under internal ids 0..n-1 and finds the best for a query.
+
+    An index type that can hold several kinds lists them in ``kinds`` and takes the one
+    it holds as its ``kind`` setting (``retr.registry.create_index`` passes it).
+    """
 
     name: str
     kind: str

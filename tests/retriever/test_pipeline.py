@@ -10,14 +10,23 @@ from retr import ENCODERS, INDEXES, RetrError, Retriever, evaluate_run, open_ind
 from tests.conftest import MODEL, run_of
 
 # One test spec per registered encoder: a new encoder must say here how it is tested.
-ENCODER_SPECS = {"dense": f"dense:{MODEL}", "bm25": "bm25", "colbert": f"colbert:{MODEL}"}
+ENCODER_SPECS = {"dense": f"dense:{MODEL}", "bm25": "bm25", "colbert": f"colbert:{MODEL}",
+                 "splade": "splade:splade-tiny", "slim": "slim:splade-tiny"}
+
+
+def index_kinds(name):
+    index = INDEXES.get(name)
+    return getattr(index, "kinds", (getattr(index, "kind", None),))
+
+
 PAIRS = [
     (ENCODER_SPECS[e], i)
     for e in ENCODERS.names()
     for i in INDEXES.names()
-    if getattr(ENCODERS.get(e), "kind", None) == getattr(INDEXES.get(i), "kind", None)
+    if ENCODERS.get(e).kind in index_kinds(i)
 ]
-FLOORS = {"bm25": 0.34, "dense": 0.37, "colbert": 0.335}  # measured: 0.3513, 0.3817, 0.3467 (exact); approximate indexes may lose a little
+# measured: 0.3513, 0.3817, 0.3467 (exact), 0.3632, 0.3478; approximate indexes may lose a little
+FLOORS = {"bm25": 0.34, "dense": 0.37, "colbert": 0.335, "splade": 0.355, "slim": 0.34}
 
 
 def test_every_encoder_has_a_test_spec_and_an_index():

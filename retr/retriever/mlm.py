@@ -1,0 +1,75 @@
+"""Masked-language-model checkpoints as vocabulary-space encoders (SPLADE, SLIM).
+
+Any BERT-style ``*ForMaskedLM`` checkpoint (Hub name or local path) maps each token's
+contextual vector through its MLM head to one logit per vocabulary entry; both SPLADE
+and SLIM weight a term by ``log(1 + ReLU(logit))``. The model loads once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+from retr.errors import RetrError
+
+
+@dataclass
+class MaskedLM:
+    tokenizer: Any
+    model: Any
+    device: str
+    vocab: tuple[str, ...]  # term of each output column
+
+
+@functools.lru_cache(maxsize=4)
+def load_mlm(resolved: str, device: str) -> MaskedLM:
+    """Tokenizer and masked-LM model (eval mode) of a checkpoint."""
+    try:
+        import torch
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+    except ImportError:
+        raise RetrError("sparse encoders need torch and transformers: pip install 'retr[dense]'") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForMaskedLM.from_pretrained(resolved).to(device).eval()
+    except (OSError, ValueError) as exc:
+        raise RetrError(
+            f"cannot load masked-LM model {resolved!r}: {exc}. Give a local folder or a Hugging Face name "
+            "of a checkpoint with an MLM head"
+        ) from None
+    vocab = [""] * model.config.vocab_size
+    for term, i in tokenizer.get_vocab().items():
+        if i < len(vocab):
+            vocab[i] = term
+    vocab = [term or f"[id{i}]" for i, term in enumerate(vocab)]  # ids the tokenizer never emits
+    if any(" " in term for term in vocab):
+        raise RetrError(f"{resolved!r}: vocabulary terms contain spaces, which a pretokenized Lucene index cannot hold")
+    return MaskedLM(tokenizer, model, device, tuple(vocab))
+
+
+def saturate(logits: Any) -> Any:
+    """``log(1 + ReLU(x))``: monotone, so it commutes with max-pooling and top-k (apply it after them)."""
+    import torch
+
+    return torch.log1p(torch.relu(logits.float()))
+
+
+def vocab_logits(
+    mlm: MaskedLM, texts: Sequence[str], max_length: int, batch_size: int,
+) -> Iterator[tuple[list[int], Any, Any]]:
+    """Per batch: (positions in ``texts``, MLM logits (B, T, V), attention mask (B, T) as bool).
+
+    Texts are batched by length, so little is padded; runs under ``torch.inference_mode``.
+    """
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        enc = mlm.tokenizer([texts[i] for i in batch], truncation=True, max_length=max_length,
+                            padding="longest", return_tensors="pt").to(mlm.device)
+        with torch.inference_mode():
+            logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            yield batch, logits, enc["attention_mask"].bool()
