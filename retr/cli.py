@@ -22,8 +22,11 @@ def index(
     corpus: Path = typer.Option(..., help="corpus.jsonl, a .tsv (id, [title,] text), or a BEIR / MS MARCO folder"),
     out: Path = typer.Option(..., help="index directory to write (replaced only when the new one is complete)"),
     encoder: str = typer.Option("dense:sentence-transformers/all-MiniLM-L6-v2",
-                                help="encoder spec: bm25[:k1=..,b=..] or dense:MODEL[,key=value...]"),
-    index_spec: Optional[str] = typer.Option(None, "--index", help="index spec: flat, hnsw[:M=..], ivf[:nlist=..], lucene"),
+                                help="encoder spec: bm25[:k1=..,b=..], dense:MODEL, colbert:MODEL, splade:MODEL, "
+                                     "slim:MODEL[,key=value...] (README lists the settings)"),
+    index_spec: Optional[str] = typer.Option(
+        None, "--index", help="index spec, default the usual one for the encoder's kind: flat, hnsw, ivf, lucene, csr, "
+                              "maxsim, plaid, muvera, slim[:key=value...]"),
     store_text: bool = typer.Option(True, "--texts/--no-texts", help="keep document texts in the index"),
     on_empty: str = typer.Option("skip", help="documents with no text: skip (with a warning) or error"),
 ) -> None:
@@ -48,11 +51,19 @@ def search(
     k: int = typer.Option(10, "-k", help="hits per query"),
     as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
     encoder: Optional[str] = typer.Option(None, help="query encoder; must match the index's"),
+    filter_spec: Optional[str] = typer.Option(
+        None, "--filter", help="relevance filter: adapter[:PATH][,threshold=0.5] (default PATH: the index's "
+                               "adapter/), cosine:threshold=T, topk:k=N; a query may then get no hits"),
+    filter_depth: int = typer.Option(100, help="candidates per query the filter looks at"),
 ) -> None:
     """Search an index."""
     from retr.retriever.pipeline import open_index
 
     retriever = open_index(index_dir, encoder=encoder)
+    if filter_spec is not None:
+        from retr.retriever.relevance_filter import FilteredRetriever
+
+        retriever = FilteredRetriever(retriever, filter_spec, filter_depth)  # type: ignore[assignment]
     for text, hits in zip(query, retriever.search_batch(query, k)):
         if as_json:
             typer.echo(json.dumps({"query": text, "hits": [
@@ -76,14 +87,48 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="folder for TREC run files and results.json"),
     metric: List[str] = typer.Option(["ndcg@10", "mrr@10", "recall@100", "recall@1000", "map"], "--metric", "-m"),
     as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+    filter_spec: Optional[str] = typer.Option(
+        None, "--filter", help="relevance filter on each retriever: adapter[:PATH][,threshold=..], "
+                               "cosine:threshold=T, topk:k=N; adds precision/recall/F1 of the returned sets"),
+    filter_depth: int = typer.Option(100, help="candidates per query the filter looks at"),
+    queries: str = typer.Option("all", help="all, train or held-out: the deterministic query split "
+                                            "(BLAKE2b of the query id) the Cosine Adapter trains on"),
+    held_out: float = typer.Option(0.3, help="fraction of queries in the held-out part"),
 ) -> None:
     """Evaluate retrievers on a dataset and print one table."""
     from retr.eval.datasets import load_dataset
     from retr.eval.harness import evaluate as run_eval, table
 
     data = load_dataset(dataset, split=split)
-    results = run_eval(data, retriever, k=k, metrics=metric, out=out)
+    if queries != "all":
+        from retr.retriever.relevance_filter import split_dataset
+
+        data = split_dataset(data, queries, held_out)
+    results = run_eval(data, retriever, k=k, metrics=metric, out=out, filter=filter_spec, filter_depth=filter_depth)
     typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json else table(results))
+
+
+@app.command(name="train-filter")
+def train_filter(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="a saved dense index"),
+    dataset: Path = typer.Argument(..., help="BEIR-layout folder with the index's corpus, queries and qrels"),
+    family: str = typer.Option("sqrt", help="mapping family: linear, sqrt or power"),
+    depth: int = typer.Option(100, help="candidates per training query (the labelled pairs)"),
+    held_out: float = typer.Option(0.3, help="fraction of queries kept out of training (BLAKE2b of the query id)"),
+    epochs: int = typer.Option(300, help="full-batch training epochs"),
+    out: Optional[Path] = typer.Option(None, help="adapter folder (default: INDEX/adapter)"),
+    split: str = typer.Option("test", help="qrels split"),
+) -> None:
+    """Train a Cosine Adapter relevance filter on a dataset's train queries and store it with the index."""
+    from retr.eval.datasets import load_dataset
+    from retr.retriever.pipeline import open_index
+    from retr.retriever.relevance_filter import train_adapter
+
+    adapter = train_adapter(open_index(index_dir), load_dataset(dataset, split=split), family=family, depth=depth,
+                            held_out=held_out, epochs=epochs, out=out)
+    c = adapter.config
+    typer.echo(f"trained a {c['family']} Cosine Adapter on {c['train_queries']} queries ({c['train_pairs']} pairs, "
+               f"{c['train_positives']} relevant; loss {c['final_loss']:.4f}) into {adapter.path}")
 
 
 @app.command()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from retr.errors import RetrError
 
+_QUIET_LOGGERS: list = []
+
 
 @functools.cache
 def ensure_jvm() -> None:
@@ -41,7 +43,13 @@ def ensure_jvm() -> None:
     if _java_major(os.environ["JAVA_HOME"]) >= 23:  # Lucene's mmap calls sun.misc.Unsafe; say it may
         options.append("--sun-misc-unsafe-memory-access=allow")
     jnius_config.add_options(*options)
-    import jnius  # noqa: F401  (starts the JVM)
+    import jnius  # starts the JVM
+
+    # Lucene warns on every index open that it predates this Java; held here, since
+    # java.util.logging keeps loggers only weakly
+    logger = jnius.autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store.MMapDirectory")
+    logger.setLevel(jnius.autoclass("java.util.logging.Level").SEVERE)
+    _QUIET_LOGGERS.append(logger)
 
 
 def _java_major(home: str | None) -> int:
