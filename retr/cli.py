@@ -112,10 +112,10 @@ def evaluate(
 def train_filter(
     index_dir: Path = typer.Argument(..., metavar="INDEX", help="a saved dense index"),
     dataset: Path = typer.Argument(..., help="BEIR-layout folder with the index's corpus, queries and qrels"),
-    family: str = typer.Option("sqrt", help="mapping family: linear, sqrt or power"),
+    family: str = typer.Option("linear", help="mapping family: linear, sqrt or power"),
     depth: int = typer.Option(100, help="candidates per training query (the labelled pairs)"),
     held_out: float = typer.Option(0.3, help="fraction of queries kept out of training (BLAKE2b of the query id)"),
-    epochs: int = typer.Option(300, help="full-batch training epochs"),
+    epochs: int = typer.Option(100, help="full-batch training epochs"),
     out: Optional[Path] = typer.Option(None, help="adapter folder (default: INDEX/adapter)"),
     split: str = typer.Option("test", help="qrels split"),
 ) -> None:
@@ -129,6 +129,57 @@ def train_filter(
     c = adapter.config
     typer.echo(f"trained a {c['family']} Cosine Adapter on {c['train_queries']} queries ({c['train_pairs']} pairs, "
                f"{c['train_positives']} relevant; loss {c['final_loss']:.4f}) into {adapter.path}")
+
+
+@app.command(name="train-jpq")
+def train_jpq_command(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="a saved pq index (nbits=8) over a dense encoder"),
+    dataset: Path = typer.Argument(..., help="BEIR-layout folder with the index's corpus, queries and qrels"),
+    out: Path = typer.Option(..., help="the jpq index directory to write"),
+    held_out: float = typer.Option(0.5, help="fraction of queries kept out of training (BLAKE2b of the query id)"),
+    epochs: int = typer.Option(6, help="passes over the training (query, relevant document) pairs"),
+    lr_encoder: float = typer.Option(5e-6, help="query encoder learning rate"),
+    lr_centroids: float = typer.Option(2e-4, help="centroid embedding learning rate"),
+    device: str = typer.Option("cpu", help="torch device for training"),
+    split: str = typer.Option("test", help="qrels split"),
+) -> None:
+    """Train JPQ (query encoder + PQ centroids, document codes fixed) on the train queries; write a jpq index."""
+    from retr.eval.datasets import load_dataset
+    from retr.quantizers.jpq import JPQSettings, train_jpq
+    from retr.retriever.pipeline import open_index
+    from retr.retriever.relevance_filter import split_dataset
+
+    train = split_dataset(load_dataset(dataset, split=split), "train", held_out)
+    settings = JPQSettings(epochs=epochs, lr_encoder=lr_encoder, lr_centroids=lr_centroids, device=device)
+    trained = train_jpq(open_index(index_dir), train, settings)
+    trained.index.training["held_out"] = held_out
+    trained.save(out)
+    losses = trained.index.training["epoch_losses"]
+    typer.echo(f"trained JPQ on {trained.index.training['train_queries']} queries "
+               f"(loss {losses[0]:.4f} -> {losses[-1]:.4f}) into {out}; evaluate with "
+               f"`retr eval {dataset} -r {out} --queries held-out --held-out {held_out}`")
+
+
+@app.command(name="pretrain-dupmae")
+def pretrain_dupmae(
+    model: str = typer.Argument(..., help="BERT-style masked-LM checkpoint: Hub name, local path or splade-tiny"),
+    out: Path = typer.Argument(..., help="checkpoint folder to write (loads as dupmae:OUT)"),
+    corpus: List[Path] = typer.Argument(..., help="BEIR folders or corpus files whose document texts to train on"),
+    steps: int = typer.Option(1000, help="optimizer steps"),
+    batch_size: int = typer.Option(32, help="texts per step"),
+    max_length: int = typer.Option(128, help="tokens per text"),
+    lr: float = typer.Option(1e-4, help="peak learning rate (linear warm-up and decay)"),
+    bow_weight: float = typer.Option(1.0, help="weight of the bag-of-words loss"),
+    device: str = typer.Option("", help="cuda, cpu, ... (default: cuda when available)"),
+) -> None:
+    """DupMAE pre-training: masked encoder, [CLS]-conditioned decoder, bag-of-words loss."""
+    from retr.retriever.dupmae_pretrain import collection_texts, pretrain_dupmae as run
+
+    record = run(model, collection_texts(corpus), out, steps=steps, batch_size=batch_size, max_length=max_length,
+                 lr=lr, bow_weight=bow_weight, device=device)
+    typer.echo(f"pre-trained {model} for {steps} steps on {record['texts']} texts in {record['seconds']} s "
+               f"(loss {record['loss_first']['total']:.3f} -> {record['loss_last']['total']:.3f}) into {out}; "
+               f"use it as dupmae:{out}")
 
 
 @app.command()

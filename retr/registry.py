@@ -123,6 +123,7 @@ ENCODERS: Registry = Registry(
         "colbert": "retr.retriever.colbert:ColBERTEncoder",
         "splade": "retr.retriever.splade:SpladeEncoder",
         "slim": "retr.retriever.slim:SlimEncoder",
+        "dupmae": "retr.retriever.dupmae:DupMAEEncoder",
     },
 )
 INDEXES: Registry = Registry(
@@ -136,10 +137,28 @@ INDEXES: Registry = Registry(
         "maxsim": "retr.indexers.maxsim:ExactMultiVectorIndex",
         "muvera": "retr.indexers.muvera:MuveraIndex",
         "plaid": "retr.indexers.plaid:PlaidIndex",
+        "pq": "retr.indexers.quantized:PQIndex",
+        "opq": "retr.indexers.quantized:OPQIndex",
+        "ivfpq": "retr.indexers.quantized:IVFPQIndex",
+        "jpq": "retr.indexers.quantized:JPQIndex",
+        "bebr": "retr.indexers.binary:BEBRIndex",
         "slim": "retr.indexers.slim:SlimIndex",
     },
 )
-QUANTIZERS: Registry = Registry("quantizer", {"residual": "retr.quantizers.residual:ResidualQuantizer"})
+QUANTIZERS: Registry = Registry("quantizer", {
+    "residual": "retr.quantizers.residual:ResidualQuantizer",
+    "pq": "retr.quantizers.pq:PQQuantizer",
+    "opq": "retr.quantizers.pq:OPQQuantizer",
+    "ivfpq": "retr.quantizers.pq:IVFPQQuantizer",
+    "bebr": "retr.quantizers.bebr:BEBRQuantizer",
+})
+
+
+FILTERS: Registry = Registry("filter", {
+    "adapter": "retr.retriever.relevance_filter:CosineAdapter",
+    "cosine": "retr.retriever.relevance_filter:ScoreThreshold",
+    "topk": "retr.retriever.relevance_filter:TopK",
+})
 
 
 def create_index(spec: "Spec | str", kind: str) -> Any:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from retr.eval.datasets import Dataset
 from retr.eval.metrics import DEFAULT_METRICS, evaluate_run
+from retr.eval.set_metrics import SET_METRICS, evaluate_sets
 from retr.eval.runs import hits_to_run, write_trec_run
 from retr.retriever.spec import AnyRetriever, build_retriever
 
@@ -46,19 +47,32 @@ def run_retriever(retriever: AnyRetriever, dataset: Dataset, k: int = 1000) -> t
 def evaluate(
     dataset: Dataset, retrievers: Sequence[str | AnyRetriever], k: int = 1000,
     metrics: Sequence[str] = DEFAULT_METRICS, out: Path | str | None = None,
+    filter: str | None = None, filter_depth: int = 100,
 ) -> list[Result]:
     """Build (or take) each retriever, search the dataset's queries, score the runs.
 
     With ``out``, each run is written as ``<out>/<dataset>.<retriever>.trec`` and all
-    results as ``<out>/<dataset>.results.json``.
+    results as ``<out>/<dataset>.results.json``. With ``filter`` (a filter spec such as
+    ``adapter:PATH``), each retriever's top ``filter_depth`` pass through it and the
+    set metrics (precision, recall, F1 of the returned sets) are added.
     """
+    if filter is not None:
+        metrics = [*metrics, *(m for m in FILTER_METRICS if m not in metrics)]
+    ranking = [m for m in metrics if m not in SET_METRICS]
+    sets = [m for m in metrics if m in SET_METRICS]
     results = []
     for item in retrievers:
         start = time.perf_counter()
         retriever = build_retriever(item, dataset.corpus, depth=k) if isinstance(item, str) else item
+        if filter is not None:
+            from retr.retriever.relevance_filter import FilteredRetriever
+
+            retriever = FilteredRetriever(retriever, filter, filter_depth)
         build = time.perf_counter() - start
         run, qps = run_retriever(retriever, dataset, k)
-        result = Result(retriever.name, dataset.name, evaluate_run(dataset.qrels, run, metrics), build, qps, run=run)
+        scores = evaluate_run(dataset.qrels, run, ranking) if ranking else {}
+        scores.update(evaluate_sets(dataset.qrels, run, sets) if sets else {})
+        result = Result(retriever.name, dataset.name, {m: scores[m] for m in metrics}, build, qps, run=run)
         if out is not None:
             Path(out).mkdir(parents=True, exist_ok=True)
             path = Path(out) / f"{dataset.name}.{_slug(retriever.name)}.trec"
@@ -71,6 +85,9 @@ def evaluate(
         tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
         os.replace(tmp, path)
     return results
+
+
+FILTER_METRICS = ("precision", "recall", "f1", "macro_f1", "avg_size", "empty")
 
 
 def _slug(name: str) -> str:

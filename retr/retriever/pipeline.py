@@ -157,7 +157,8 @@ class Retriever:
         if not queries:
             return []
         k_eff = min(k, len(self.docstore))
-        scores, ids = self.index.search(self.encoder.encode_queries(list(queries)), k_eff)
+        encoder = getattr(self.index, "query_encoder", None) or self.encoder  # JPQ trains its own query side
+        scores, ids = self.index.search(encoder.encode_queries(list(queries)), k_eff)
         return [self._hits(s, i) for s, i in zip(scores, ids)]
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:

@@ -11,7 +11,7 @@ from tests.conftest import MODEL, run_of
 
 # One test spec per registered encoder: a new encoder must say here how it is tested.
 ENCODER_SPECS = {"dense": f"dense:{MODEL}", "bm25": "bm25", "colbert": f"colbert:{MODEL}",
-                 "splade": "splade:splade-tiny", "slim": "slim:splade-tiny"}
+                 "splade": "splade:splade-tiny", "slim": "slim:splade-tiny", "dupmae": "dupmae:splade-tiny"}
 
 
 def index_kinds(name):
@@ -19,14 +19,19 @@ def index_kinds(name):
     return getattr(index, "kinds", (getattr(index, "kind", None),))
 
 
+# Index types whose defaults train slowly on the test corpus get quicker test settings; compressed
+# indexes may land further below their encoder's floor (measured: pq M=16 0.3606, ivfpq 0.35-0.37).
+INDEX_SPECS = {"opq": "opq:niter=4", "bebr": "bebr:epochs=5"}
+INDEX_SLACK = {"pq": 0.03, "opq": 0.03, "jpq": 0.03, "ivfpq": 0.04, "bebr": 0.03}
 PAIRS = [
-    (ENCODER_SPECS[e], i)
+    (ENCODER_SPECS[e], INDEX_SPECS.get(i, i))
     for e in ENCODERS.names()
     for i in INDEXES.names()
     if ENCODERS.get(e).kind in index_kinds(i)
 ]
 # measured: 0.3513, 0.3817, 0.3467 (exact), 0.3632, 0.3478; approximate indexes may lose a little
-FLOORS = {"bm25": 0.34, "dense": 0.37, "colbert": 0.335, "splade": 0.355, "slim": 0.34}
+FLOORS = {"bm25": 0.34, "dense": 0.37, "colbert": 0.335, "splade": 0.355, "slim": 0.34,
+          "dupmae": 0.22}  # dupmae: 0.2285 exact (zero-shot SPLADE-tiny, bench/results/dupmae.md)
 
 
 def test_every_encoder_has_a_test_spec_and_an_index():
@@ -39,7 +44,8 @@ def test_pair_quality_and_round_trip(encoder, index, cranfield, tmp_path):
     built = Retriever.build(cranfield.corpus, encoder, index)
     run = run_of(built, cranfield, k=100)
     ndcg = evaluate_run(cranfield.qrels, run, ["ndcg@10"])["ndcg@10"]
-    assert ndcg >= FLOORS[encoder.split(":")[0]] - 0.01, f"{encoder}@{index}: nDCG@10 {ndcg:.4f}"
+    slack = INDEX_SLACK.get(index.split(":")[0], 0.01)
+    assert ndcg >= FLOORS[encoder.split(":")[0]] - slack, f"{encoder}@{index}: nDCG@10 {ndcg:.4f}"
     built.save(tmp_path / "idx")
     reopened = open_index(tmp_path / "idx")
     assert reopened.name == built.name and len(reopened) == len(cranfield.corpus)
