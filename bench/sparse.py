@@ -78,17 +78,17 @@ def to_run(qids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, ids:
 
 def postings(lucene_dir: Path) -> int:
     """Lucene's sum of document frequencies over the indexed field: one posting per (term, document)."""
-    from jnius import autoclass
-
     from retr.indexers._jvm import ensure_jvm
 
-    ensure_jvm()
+    ensure_jvm()  # before jnius is imported: importing it starts a JVM
+    from jnius import autoclass
+
     path = autoclass("java.io.File")(str(lucene_dir)).toPath()
     directory = autoclass("org.apache.lucene.store.FSDirectory").open(path)
     reader = autoclass("org.apache.lucene.index.DirectoryReader").open(directory)
     try:
-        terms = autoclass("org.apache.lucene.index.MultiTerms").getTerms(reader, "contents")
-        return int(terms.getSumDocFreq())
+        leaves = [leaf.reader().terms("contents") for leaf in reader.leaves().toArray()]
+        return sum(int(terms.getSumDocFreq()) for terms in leaves if terms is not None)
     finally:
         reader.close()
 
@@ -128,16 +128,19 @@ def quality_rows(ds: Any) -> tuple[list[list[Any]], dict[str, Any]]:
     slim = built[f"slim:{SPLADE}"]
     doc_vectors = slim.encoder.encode_documents([d.content for d in ds.corpus])
     query_vectors = slim.encoder.encode_queries(texts)
+    exact = exhaustive_late_interaction(query_vectors, doc_vectors)
+    exact_top = [set(row[:10][row[:10] >= 0].tolist()) for row in exact[1]]
     index, default = slim.index, slim.index.candidates
     index.refine = False
     add("SLIM first stage only (pooled, Lucene)", to_run(qids, doc_ids, *index.search(query_vectors, DEPTH)))
     index.refine = True
-    for n in CANDIDATES:
+    for n in CANDIDATES:  # the run is the refined candidates alone: depth n
         index.candidates = n
-        add(f"SLIM refined, {n} candidates", to_run(qids, doc_ids, *index.search(query_vectors, 100)),
-            "the refined top 100 (first-stage order below the candidates)" if n < 100 else "")
+        scores, ids = index.search(query_vectors, n)
+        overlap = np.mean([len(want & set(got[:10].tolist())) / max(1, len(want)) for want, got in zip(exact_top, ids)])
+        add(f"SLIM refined, {n} candidates", to_run(qids, doc_ids, scores, ids),
+            f"recall@10 of the exact top 10: {overlap:.3f}" + ("; R@100 of a run of depth < 100" if n < 100 else ""))
     index.candidates = default
-    exact = exhaustive_late_interaction(query_vectors, doc_vectors)
     add("SLIM exact late interaction, every document (scipy)", to_run(qids, doc_ids, *exact))
     hybrid = retr.build_retriever(f"rrf[splade:{SPLADE} | dense:{DENSE}]", ds.corpus)
     add(f"retr {hybrid.name}", run_retriever(hybrid, ds, DEPTH)[0])
@@ -231,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in args.datasets:
             ds = retr.load_dataset(args.data / name)
             quality, state = quality_rows(ds)
+            print(md_table(["system", *METRICS, "note"], quality), flush=True)
             sizes, speed = size_and_speed(ds, Path(tmp) / name, state)
             sections.append("\n\n".join([
                 f"## {ds.name} ({len(ds.corpus)} documents, {len(ds.queries)} judged queries)",
