@@ -13,13 +13,14 @@ from retr.eval.datasets import Dataset, Document, load_dataset, read_corpus, rea
 from retr.eval.harness import evaluate, table
 from retr.eval.metrics import evaluate_run
 from retr.protocols import Encoder, Index, Quantizer
-from retr.registry import ENCODERS, INDEXES, QUANTIZERS, Spec
+from retr.registry import ENCODERS, FILTERS, INDEXES, QUANTIZERS, Spec
 from retr.retriever.fusion import FusedRetriever
 from retr.retriever.pipeline import Hit, Retriever, open_index
+from retr.retriever.relevance_filter import FilteredRetriever
 from retr.retriever.spec import build_retriever
 
 __all__ = [
-    "Dataset", "Document", "ENCODERS", "Encoder", "FusedRetriever", "Hit", "INDEXES", "Index",
+    "Dataset", "Document", "ENCODERS", "Encoder", "FILTERS", "FilteredRetriever", "FusedRetriever", "Hit", "INDEXES", "Index",
     "QUANTIZERS", "Quantizer", "RetrError", "Retriever", "Spec", "build_retriever", "evaluate",
     "evaluate_run", "load_dataset", "open_index", "read_corpus", "read_qrels", "read_queries", "table",
 ]
