@@ -1,12 +1,13 @@
 """PLAID: late-interaction search over ColBERTv2 residual-compressed token vectors.
 
-Each document token is stored as a centroid id and a packed residual
-(``retr.quantizers.residual``), never as floats; an inverted list maps each centroid to
+Each document token is stored as one code row, a centroid id and a compressed residual
+(``retr.quantizers.residual``: per-dimension bits, or residual PQ with ``residual=pq,m=...``),
+never as floats; the codes are one memory-mapped ``.npy``. An inverted list maps each centroid to
 the documents holding a token assigned to it (CSR arrays). A query runs in four stages:
 
 1. candidate generation: each query token's ``nprobe`` best centroids, and the union of
    their documents;
-2. centroid interaction with pruning: ``sum_i max_j <q_i, C[code_j]>`` over the tokens
+2. centroid interaction with pruning: ``sum_i max_j <q_i, C[id_j]>`` over the tokens
    whose centroid scores at least ``t_cs`` for some query token; best ``ndocs`` kept;
 3. centroid interaction without pruning on those; best ``ndocs / 4`` kept;
 4. residuals of those documents decompressed, exact MaxSim, best ``k``.
@@ -27,24 +28,24 @@ from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
 from retr.storage import load_array, save_array
 
-CODES_FILE, RESIDUALS_FILE, OFFSETS_FILE = "codes.npy", "residuals.npy", "offsets.npy"
+CODES_FILE, OFFSETS_FILE = "codes.npy", "offsets.npy"
 IVF_OFFSETS_FILE, IVF_DOCS_FILE = "ivf_offsets.npy", "ivf_docs.npy"
 QUANTIZER_DIR = "residual"
 
 
-def _centroid_scores(qc: np.ndarray, codes: np.ndarray, seg: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """sum_i max_j qc[i, codes_j] per document segment; pruned tokens (keep False) count for nothing."""
+def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """sum_i max_j qc[i, cids_j] per document segment (cids: centroid ids); pruned tokens (keep False) count 0."""
     n_docs = len(seg) - 1
     if keep is not None:
         kept_per_doc = np.add.reduceat(keep.astype(np.int64), seg[:-1]) if len(keep) else np.zeros(n_docs, np.int64)
         kept_per_doc[np.diff(seg) == 0] = 0
-        codes = codes[keep]
+        cids = cids[keep]
         seg = np.concatenate([[0], np.cumsum(kept_per_doc)])
     out = np.zeros(n_docs, dtype=np.float32)
     lengths = np.diff(seg)
     nonempty = np.flatnonzero(lengths > 0)
     if len(nonempty):
-        best = np.maximum.reduceat(qc[:, codes], seg[:-1][nonempty], axis=1)  # (q_len, docs)
+        best = np.maximum.reduceat(qc[:, cids], seg[:-1][nonempty], axis=1)  # (q_len, docs)
         out[nonempty] = best.sum(0)
     return out
 
@@ -56,21 +57,23 @@ class PlaidIndex:
     kind = "multi"
 
     def __init__(self, nbits: int = 2, n_centroids: int = 0, nprobe: int = 2, t_cs: float = 0.45,
-                 ndocs: int = 256, seed: int = 42) -> None:
+                 ndocs: int = 256, seed: int = 42, residual: str = "bits", m: int = 0) -> None:
         if nprobe < 1 or ndocs < 1:
             raise RetrError("plaid needs nprobe >= 1 and ndocs >= 1")
         self.nbits, self.n_centroids, self.nprobe, self.t_cs, self.ndocs, self.seed = (
             int(nbits), int(n_centroids), int(nprobe), float(t_cs), int(ndocs), int(seed))
-        self.quantizer = ResidualQuantizer(nbits=self.nbits, n_centroids=self.n_centroids, seed=self.seed)
-        self._codes = np.zeros(0, dtype=np.int32)
-        self._residuals = np.zeros((0, 0), dtype=np.uint8)
+        self.residual, self.m = residual, int(m)
+        self.quantizer = ResidualQuantizer(nbits=self.nbits, n_centroids=self.n_centroids, seed=self.seed,
+                                           residual=residual, m=self.m)
+        self._codes = np.zeros((0, 0), dtype=np.uint8)  # (tokens, code_size), as the quantizer encodes them
+        self._ids = np.zeros(0, dtype=np.int32)  # each token's centroid id, read from the codes (memory only)
         self._offsets = np.zeros(1, dtype=np.int64)
         self._ivf_offsets = np.zeros(1, dtype=np.int64)
         self._ivf_docs = np.zeros(0, dtype=np.int32)
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "nprobe": self.nprobe,
-                "t_cs": self.t_cs, "ndocs": self.ndocs, "seed": self.seed}
+                "t_cs": self.t_cs, "ndocs": self.ndocs, "seed": self.seed, "residual": self.residual, "m": self.m}
 
     @property
     def dim(self) -> int | None:
@@ -89,13 +92,9 @@ class PlaidIndex:
             raise RetrError("adding to a plaid index: the documents have no token vectors to train centroids on")
         if not self.quantizer.trained:  # later adds reuse the centroids trained on the first
             self.quantizer.train(flat)
-        if len(flat):
-            codes, packed = self.quantizer.encode(flat)
-        else:
-            codes, packed = np.zeros(0, np.int32), np.zeros((0, self.quantizer.packed_size), np.uint8)
-        self._codes = np.concatenate([np.asarray(self._codes), codes])
-        old = np.asarray(self._residuals)
-        self._residuals = packed if len(old) == 0 else np.concatenate([old, packed])
+        codes = self.quantizer.encode(flat) if len(flat) else np.zeros((0, self.quantizer.code_size), np.uint8)
+        self._codes = codes if len(self._codes) == 0 else np.concatenate([np.asarray(self._codes), codes])
+        self._ids = np.concatenate([self._ids, self.quantizer.centroid_ids(codes)])
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(lengths)])
         self._build_ivf()
 
@@ -103,7 +102,7 @@ class PlaidIndex:
         """centroid -> sorted unique doc ids, as CSR (ivf_offsets, ivf_docs)."""
         n_c = len(self.quantizer.centroids)
         doc_of_token = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self._offsets))
-        pairs = np.unique(np.asarray(self._codes, dtype=np.int64) * max(len(self), 1) + doc_of_token)
+        pairs = np.unique(self._ids.astype(np.int64) * max(len(self), 1) + doc_of_token)
         cents, docs = pairs // max(len(self), 1), pairs % max(len(self), 1)
         self._ivf_offsets = np.concatenate([[0], np.cumsum(np.bincount(cents, minlength=n_c))]).astype(np.int64)
         self._ivf_docs = docs.astype(np.int32)
@@ -121,21 +120,21 @@ class PlaidIndex:
         ndocs = max(self.ndocs, 4 * k)
         # stage 2: centroid interaction with pruning
         rows, seg = token_rows(self._offsets, cand)
-        codes = np.asarray(self._codes[rows])
-        keep = (qc.max(0) >= self.t_cs)[codes]
-        approx = _centroid_scores(qc, codes, seg, keep)
+        cids = self._ids[rows]
+        keep = (qc.max(0) >= self.t_cs)[cids]
+        approx = _centroid_scores(qc, cids, seg, keep)
         if len(cand) > ndocs:
             cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
             rows, seg = token_rows(self._offsets, cand)
-            codes = np.asarray(self._codes[rows])
+            cids = self._ids[rows]
         # stage 3: centroid interaction without pruning
         final = max(k, ndocs // 4)
         if len(cand) > final:
-            approx = _centroid_scores(qc, codes, seg, None)
+            approx = _centroid_scores(qc, cids, seg, None)
             cand = np.sort(cand[top_k(approx[None], final)[1][0]])
             rows, seg = token_rows(self._offsets, cand)
         # stage 4: decompress and score exactly
-        tokens = self.quantizer.decode(np.asarray(self._codes[rows]), np.asarray(self._residuals[rows]))
+        tokens = self.quantizer.decode(np.asarray(self._codes[rows]))
         return maxsim_batch([query], tokens, seg)[0], cand
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +157,7 @@ class PlaidIndex:
     def save(self, directory: Path) -> None:
         if not self.quantizer.trained:
             raise RetrError("cannot save an empty plaid index: add documents first")
-        save_array(directory / CODES_FILE, np.asarray(self._codes, dtype=np.int32))
-        save_array(directory / RESIDUALS_FILE, np.asarray(self._residuals, dtype=np.uint8))
+        save_array(directory / CODES_FILE, np.asarray(self._codes, dtype=np.uint8))
         save_array(directory / OFFSETS_FILE, self._offsets)
         save_array(directory / IVF_OFFSETS_FILE, self._ivf_offsets)
         save_array(directory / IVF_DOCS_FILE, self._ivf_docs)
@@ -170,13 +168,12 @@ class PlaidIndex:
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> PlaidIndex:
         index = cls(**config)
         q = ResidualQuantizer.load(directory / QUANTIZER_DIR, index.quantizer.config())
-        codes, residuals = load_array(directory / CODES_FILE), load_array(directory / RESIDUALS_FILE)
+        codes = load_array(directory / CODES_FILE)
         offsets = load_array(directory / OFFSETS_FILE)
         ivf_offsets, ivf_docs = load_array(directory / IVF_OFFSETS_FILE), load_array(directory / IVF_DOCS_FILE)
         n_c = len(q.centroids)
         ok = (
-            codes.ndim == 1 and codes.dtype == np.int32 and residuals.dtype == np.uint8
-            and residuals.shape == (len(codes), q.packed_size)
+            codes.ndim == 2 and codes.dtype == np.uint8 and codes.shape[1] == q.code_size
             and offsets.ndim == 1 and offsets.dtype == np.int64 and len(offsets) == count + 1
             and offsets[0] == 0 and offsets[-1] == len(codes)
             and ivf_offsets.dtype == np.int64 and ivf_offsets.shape == (n_c + 1,)
@@ -189,6 +186,7 @@ class PlaidIndex:
                 f"{count} documents; rebuild the index"
             )
         index.quantizer = q
-        index._codes, index._residuals, index._offsets = codes, residuals, offsets
+        index._codes, index._offsets = codes, offsets
+        index._ids = q.centroid_ids(codes)
         index._ivf_offsets, index._ivf_docs = ivf_offsets, ivf_docs
         return index

@@ -1,11 +1,18 @@
-"""ColBERTv2 residual compression: nearest centroid id + a few bits per dimension of residual.
+"""ColBERTv2 residual compression: nearest centroid id + a compressed residual, in one byte row.
 
 Spherical k-means (faiss) over a sample of the token vectors gives the centroids. Each
-vector is stored as its nearest centroid's id (int32) and its residual ``x - C[id]``
-quantised per dimension to ``nbits`` (1 or 2) bits: the bucket cut-offs are quantiles
-of the residual distribution of each dimension, and a bucket decodes to its
-mid-quantile value (its "weight"), as in ColBERTv2. Bits are packed with
-``np.packbits``, so a 384-d vector costs 4 + 96 bytes at 2 bits (768 as float16).
+vector is stored as one uint8 row (the ``Quantizer`` protocol's code): its nearest
+centroid's id, little-endian in 2 bytes (4 when there are more than 65,536 centroids),
+followed by its residual ``x - C[id]`` compressed one of two ways (``residual``):
+
+- ``bits`` (ColBERTv2): ``nbits`` (1 or 2) bits per dimension; the bucket cut-offs are
+  quantiles of each dimension's residual distribution and a bucket decodes to its
+  mid-quantile value (its "weight"). Bits are packed with ``np.packbits``: a 384-d vector
+  costs 2 + 96 bytes at 2 bits (768 as float16).
+- ``pq``: a product quantizer over the residuals (faiss ``ProductQuantizer``, 8 bits per
+  sub-vector), ``m`` sub-vectors of ``dim / m`` dimensions, one byte each, as in the
+  residual PQ of EMVB (Nardini et al., 2024). It spends the same bytes on the directions
+  the residuals vary in, not evenly on every dimension: 2 + 64 bytes at ``m=64``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from retr.errors import RetrError
 from retr.storage import load_array, save_array
 
 CENTROIDS_FILE, CUTOFFS_FILE, WEIGHTS_FILE = "centroids.npy", "cutoffs.npy", "weights.npy"
+CODEBOOKS_FILE = "codebooks.npy"
+RESIDUALS = ("bits", "pq")
+PQ_BITS = 8  # bits per product-quantizer sub-code: one byte, 256 codewords per sub-space
+PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (faiss trains slowly on more)
 CHUNK = 16384  # vectors encoded or decoded at once
 
 
@@ -28,31 +39,42 @@ def auto_centroids(n_tokens: int) -> int:
     return int(max(1, min(n_tokens, 1 << int(np.ceil(np.log2(target))))))
 
 
+def id_bytes(n_centroids: int) -> int:
+    """Bytes of a centroid id in a code: 2 up to 65,536 centroids, else 4."""
+    return 2 if n_centroids <= 1 << 16 else 4
+
+
 def _normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
 
 class ResidualQuantizer:
-    """Centroid id (int32) + ``nbits``-bit per-dimension residual, bits packed into uint8."""
+    """Centroid id + per-dimension residual bits (``residual=bits``) or residual PQ (``residual=pq``)."""
 
     name = "residual"
 
     def __init__(self, nbits: int = 2, n_centroids: int = 0, niter: int = 10, sample: int = 65536,
-                 seed: int = 42) -> None:
-        if nbits not in (1, 2):
+                 seed: int = 42, residual: str = "bits", m: int = 0) -> None:
+        if residual not in RESIDUALS:
+            raise RetrError(f"residual quantizer: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+        if residual == "bits" and nbits not in (1, 2):
             raise RetrError(f"residual quantizer needs nbits 1 or 2, got {nbits}")
+        if residual == "pq" and m < 1:
+            raise RetrError("residual quantizer with residual=pq needs m >= 1 sub-vectors (m must divide the dimension)")
         if n_centroids < 0 or niter < 1 or sample < 1:
             raise RetrError("residual quantizer needs n_centroids >= 0 (0 = auto), niter >= 1 and sample >= 1")
         self.nbits, self.n_centroids, self.niter, self.sample, self.seed = (
             int(nbits), int(n_centroids), int(niter), int(sample), int(seed))
+        self.residual, self.m = residual, int(m)
         self.centroids: np.ndarray | None = None  # (n_centroids, dim) float32, unit rows
-        self.cutoffs: np.ndarray | None = None  # (dim, 2^nbits - 1) float32
-        self.weights: np.ndarray | None = None  # (dim, 2^nbits) float32
+        self.cutoffs: np.ndarray | None = None  # bits: (dim, 2^nbits - 1) float32
+        self.weights: np.ndarray | None = None  # bits: (dim, 2^nbits) float32
+        self.codebooks: np.ndarray | None = None  # pq: (m, 256, dim / m) float32
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "niter": self.niter,
-                "sample": self.sample, "seed": self.seed}
+                "sample": self.sample, "seed": self.seed, "residual": self.residual, "m": self.m}
 
     @property
     def dim(self) -> int | None:
@@ -63,14 +85,26 @@ class ResidualQuantizer:
         return self.centroids is not None
 
     @property
-    def packed_size(self) -> int:
-        """Bytes of packed residual per vector."""
-        return (self._need_trained().shape[1] * self.nbits + 7) // 8
+    def id_size(self) -> int:
+        """Bytes of the centroid id at the start of each code."""
+        return id_bytes(len(self._need_trained()))
+
+    @property
+    def residual_size(self) -> int:
+        """Bytes of compressed residual per vector."""
+        dim = self._need_trained().shape[1]
+        return self.m if self.residual == "pq" else (dim * self.nbits + 7) // 8
 
     @property
     def code_size(self) -> int:
-        """Bytes per vector: 4 (centroid id) + the packed residual."""
-        return 4 + self.packed_size
+        """Bytes per vector: the centroid id, then the compressed residual."""
+        return self.id_size + self.residual_size
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the trained tables (centroids, cut-offs and weights or codebooks), shared by all codes."""
+        self._need_trained()
+        return sum(a.nbytes for a in (self.centroids, self.cutoffs, self.weights, self.codebooks) if a is not None)
 
     def _need_trained(self) -> np.ndarray:
         if self.centroids is None:
@@ -91,6 +125,8 @@ class ResidualQuantizer:
         import faiss
 
         x = self._check(vectors, "training the residual quantizer")
+        if self.residual == "pq" and x.shape[1] % self.m:
+            raise RetrError(f"residual quantizer: m={self.m} does not divide the dimension {x.shape[1]}")
         rng = np.random.default_rng(self.seed)
         n_total = len(x)
         if len(x) > self.sample:
@@ -101,6 +137,11 @@ class ResidualQuantizer:
         km.train(x)
         self.centroids = _normalize(np.asarray(km.centroids, dtype=np.float32))
         residuals = x - self.centroids[self.assign(x)]
+        if self.residual == "pq":
+            if len(residuals) > PQ_SAMPLE:
+                residuals = residuals[np.sort(rng.choice(len(residuals), PQ_SAMPLE, replace=False))]
+            self.codebooks = _train_pq(residuals, self.m, self.seed)
+            return
         levels = 1 << self.nbits
         cut_q = np.arange(1, levels) / levels
         weight_q = (np.arange(levels) + 0.5) / levels
@@ -115,63 +156,122 @@ class ResidualQuantizer:
             out[s : s + CHUNK] = np.argmax(np.asarray(vectors[s : s + CHUNK], np.float32) @ c.T, axis=1)
         return out
 
-    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(codes int32 (n,), packed residuals uint8 (n, packed_size))."""
+    def centroid_ids(self, codes: np.ndarray) -> np.ndarray:
+        """int32 (n,) centroid ids read from the first bytes of (n, code_size) codes."""
+        codes = self._check_codes(codes)
+        width = self.id_size
+        ids = np.ascontiguousarray(codes[:, :width]).view("<u2" if width == 2 else "<u4")[:, 0]
+        return ids.astype(np.int32)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """uint8 codes (n, code_size): centroid id (little-endian), then the compressed residual."""
         x = self._check(vectors, "encoding with the residual quantizer")
         c = self._need_trained()
-        codes = self.assign(x)
-        dim = c.shape[1]
-        packed = np.empty((len(x), self.packed_size), dtype=np.uint8)
-        shifts = np.arange(self.nbits - 1, -1, -1, dtype=np.uint8)
+        ids = self.assign(x)
+        width = self.id_size
+        out = np.empty((len(x), self.code_size), dtype=np.uint8)
+        out[:, :width] = ids.astype("<u2" if width == 2 else "<u4").view(np.uint8).reshape(len(x), width)
         for s in range(0, len(x), CHUNK):
-            res = x[s : s + CHUNK] - c[codes[s : s + CHUNK]]
-            buckets = (res[:, :, None] > self.cutoffs[None]).sum(-1).astype(np.uint8)  # (n, dim)
-            bits = (buckets[:, :, None] >> shifts) & 1  # (n, dim, nbits), most significant first
-            packed[s : s + CHUNK] = np.packbits(bits.reshape(len(res), dim * self.nbits), axis=1)
-        return codes, packed
-
-    def decode(self, codes: np.ndarray, packed: np.ndarray) -> np.ndarray:
-        """float32 (n, dim): centroid + dequantised residual, L2-normalised."""
-        c = self._need_trained()
-        codes, packed = np.asarray(codes), np.asarray(packed)
-        dim = c.shape[1]
-        if codes.ndim != 1 or packed.shape != (len(codes), self.packed_size) or packed.dtype != np.uint8:
-            raise RetrError(f"decoding: expected codes (n,) and uint8 residuals (n, {self.packed_size}), "
-                            f"got {codes.shape} and {packed.shape} {packed.dtype}")
-        if len(codes) and (codes.min() < 0 or codes.max() >= len(c)):
-            raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
-        out = np.empty((len(codes), dim), dtype=np.float32)
-        weights = np.ascontiguousarray(self.weights.T)  # (levels, dim)
-        cols = np.arange(dim)
-        for s in range(0, len(codes), CHUNK):
-            bits = np.unpackbits(packed[s : s + CHUNK], axis=1, count=dim * self.nbits).reshape(-1, dim, self.nbits)
-            buckets = bits[:, :, 0].astype(np.intp)
-            for b in range(1, self.nbits):
-                buckets = (buckets << 1) | bits[:, :, b]
-            out[s : s + CHUNK] = _normalize(c[codes[s : s + CHUNK]] + weights[buckets, cols])
+            res = x[s : s + CHUNK] - c[ids[s : s + CHUNK]]
+            out[s : s + CHUNK, width:] = self._encode_residuals(res)
         return out
+
+    def _encode_residuals(self, res: np.ndarray) -> np.ndarray:
+        if self.residual == "pq":
+            return _pq_codes(res, self.codebooks)
+        shifts = np.arange(self.nbits - 1, -1, -1, dtype=np.uint8)
+        buckets = (res[:, :, None] > self.cutoffs[None]).sum(-1).astype(np.uint8)  # (n, dim)
+        bits = (buckets[:, :, None] >> shifts) & 1  # (n, dim, nbits), most significant first
+        return np.packbits(bits.reshape(len(res), -1), axis=1)
+
+    def _check_codes(self, codes: Any) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != self.code_size or codes.dtype != np.uint8:
+            raise RetrError(f"decoding: expected uint8 codes of shape (n, {self.code_size}), "
+                            f"got {codes.shape} {codes.dtype}")
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """float32 (n, dim): centroid + decompressed residual, L2-normalised."""
+        c = self._need_trained()
+        ids = self.centroid_ids(codes)
+        if len(ids) and ids.max() >= len(c):
+            raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
+        width = self.id_size
+        out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
+        for s in range(0, len(ids), CHUNK):
+            res = self._decode_residuals(np.asarray(codes[s : s + CHUNK, width:]))
+            out[s : s + CHUNK] = _normalize(c[ids[s : s + CHUNK]] + res)
+        return out
+
+    def _decode_residuals(self, packed: np.ndarray) -> np.ndarray:
+        if self.residual == "pq":
+            m = len(self.codebooks)
+            return self.codebooks[np.arange(m), packed.astype(np.intp)].reshape(len(packed), -1)
+        dim = len(self.weights)
+        bits = np.unpackbits(packed, axis=1, count=dim * self.nbits).reshape(-1, dim, self.nbits)
+        buckets = bits[:, :, 0].astype(np.intp)
+        for b in range(1, self.nbits):
+            buckets = (buckets << 1) | bits[:, :, b]
+        return self.weights[np.arange(dim), buckets]
 
     def save(self, directory: Path) -> None:
         self._need_trained()
         directory = Path(directory)
         save_array(directory / CENTROIDS_FILE, self.centroids)
-        save_array(directory / CUTOFFS_FILE, self.cutoffs)
-        save_array(directory / WEIGHTS_FILE, self.weights)
+        if self.residual == "pq":
+            save_array(directory / CODEBOOKS_FILE, self.codebooks)
+        else:
+            save_array(directory / CUTOFFS_FILE, self.cutoffs)
+            save_array(directory / WEIGHTS_FILE, self.weights)
 
     @classmethod
     def load(cls, directory: Path, config: dict[str, Any] | None = None) -> ResidualQuantizer:
         directory = Path(directory)
-        centroids = load_array(directory / CENTROIDS_FILE, mmap=False)
-        cutoffs = load_array(directory / CUTOFFS_FILE, mmap=False)
-        weights = load_array(directory / WEIGHTS_FILE, mmap=False)
         config = dict(config or {})
-        if weights.ndim == 2:
-            config.setdefault("nbits", int(np.log2(max(weights.shape[1], 1))))
-        q = cls(**config)
-        levels = 1 << q.nbits
-        if (centroids.ndim != 2 or centroids.dtype != np.float32 or len(centroids) == 0
-                or cutoffs.shape != (centroids.shape[1], levels - 1) or weights.shape != (centroids.shape[1], levels)
-                or cutoffs.dtype != np.float32 or weights.dtype != np.float32):
+        centroids = load_array(directory / CENTROIDS_FILE, mmap=False)
+        if config.get("residual", "bits") == "pq":
+            q = cls(**config)
+            codebooks = load_array(directory / CODEBOOKS_FILE, mmap=False)
+            ok = (codebooks.ndim == 3 and codebooks.dtype == np.float32
+                  and codebooks.shape[:2] == (q.m, 1 << PQ_BITS) and q.m * codebooks.shape[2] == centroids.shape[1])
+            q.codebooks = codebooks
+        else:
+            cutoffs = load_array(directory / CUTOFFS_FILE, mmap=False)
+            weights = load_array(directory / WEIGHTS_FILE, mmap=False)
+            if weights.ndim == 2:
+                config.setdefault("nbits", int(np.log2(max(weights.shape[1], 1))))
+            q = cls(**config)
+            levels = 1 << q.nbits
+            ok = (cutoffs.shape == (centroids.shape[1], levels - 1) and weights.shape == (centroids.shape[1], levels)
+                  and cutoffs.dtype == np.float32 and weights.dtype == np.float32)
+            q.cutoffs, q.weights = cutoffs, weights
+        if not ok or centroids.ndim != 2 or centroids.dtype != np.float32 or len(centroids) == 0:
             raise RetrError(f"{directory}: residual quantizer arrays have the wrong shape or type; rebuild it")
-        q.centroids, q.cutoffs, q.weights = centroids, cutoffs, weights
+        q.centroids = centroids
         return q
+
+
+def _train_pq(residuals: np.ndarray, m: int, seed: int) -> np.ndarray:
+    """(m, 256, dim / m) float32 codebooks of a faiss ProductQuantizer trained on the residuals."""
+    import faiss
+
+    dim = residuals.shape[1]
+    if len(residuals) < 1 << PQ_BITS:
+        raise RetrError(f"residual quantizer with residual=pq needs at least {1 << PQ_BITS} training vectors, "
+                        f"got {len(residuals)}")
+    pq = faiss.ProductQuantizer(dim, m, PQ_BITS)
+    pq.cp.seed = seed
+    pq.train(np.ascontiguousarray(residuals))
+    return faiss.vector_to_array(pq.centroids).astype(np.float32).reshape(m, 1 << PQ_BITS, dim // m)
+
+
+def _pq_codes(residuals: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """uint8 (n, m): the nearest codeword of each sub-vector (squared L2)."""
+    n, m = len(residuals), len(codebooks)
+    sub = residuals.reshape(n, m, -1)
+    out = np.empty((n, m), dtype=np.uint8)
+    norms = (codebooks**2).sum(-1)  # (m, 256)
+    for j in range(m):
+        out[:, j] = np.argmin(norms[j] - 2 * sub[:, j] @ codebooks[j].T, axis=1)
+    return out

@@ -35,11 +35,11 @@ def test_recall_of_the_exact_top_10(built, colbert_slice, exact_ids):
     got = recall(ids, exact_ids)
     assert got >= 0.90, got
     q = built.quantizer
-    decoded = q.decode(np.asarray(built._codes), np.asarray(built._residuals))
+    decoded = q.decode(np.asarray(built._codes))
     ceiling = recall(top_k(maxsim_batch(queries, decoded, offsets), 10)[1], exact_ids)
     assert got >= ceiling - 0.02, (got, ceiling)
-    # the index keeps codes and packed residuals only: 100 bytes per 384-d token (768 as float16)
-    assert built._codes.dtype == np.int32 and built._residuals.shape == (len(decoded), 96)
+    # the index keeps one code row per token only: 2 + 96 bytes per 384-d token (768 as float16)
+    assert built._codes.dtype == np.uint8 and built._codes.shape == (len(decoded), 98)
     assert len(built) == len(docs) and built._ivf_offsets[-1] == len(built._ivf_docs)
 
 
@@ -49,7 +49,7 @@ def test_scores_are_maxsim_over_decompressed_tokens(built, colbert_slice):
     for qi in range(3):
         for s, d in zip(scores[qi], ids[qi]):
             rows = np.arange(built._offsets[d], built._offsets[d + 1])
-            tokens = built.quantizer.decode(np.asarray(built._codes[rows]), np.asarray(built._residuals[rows]))
+            tokens = built.quantizer.decode(np.asarray(built._codes[rows]))
             assert s == pytest.approx(float((queries[qi] @ tokens.T).max(1).sum()), rel=1e-4)
     assert (np.diff(scores, axis=1) <= 0).all()
 
@@ -73,7 +73,7 @@ def test_round_trip(built, colbert_slice, tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(RetrError, match="rebuild"):
         PlaidIndex.load(tmp_path, built.config(), len(docs) + 1)
-    np.save(tmp_path / "codes.npy", np.zeros(3, np.int64))
+    np.save(tmp_path / "codes.npy", np.zeros((3, 98), np.int32))
     with pytest.raises(RetrError, match="rebuild"):
         PlaidIndex.load(tmp_path, built.config(), len(docs))
 
@@ -90,3 +90,20 @@ def test_bad_input(built, colbert_slice):
         built.add(np.ones((3, 384), np.float32))
     with pytest.raises(RetrError, match="dimension 8"):
         built.search([np.ones((4, 8), np.float32)], 10)
+
+
+def test_residual_pq_option(colbert_slice, exact_ids, tmp_path):
+    """``plaid:residual=pq,m=64``: 2 + 64 bytes per token (11.6x smaller than float16). Measured with 1024 centroids
+    (to keep the test fast): recall@10 of the exact top-10 0.875 (at 4096 centroids, exhaustive MaxSim over the
+    decompressed vectors gives 0.945, 2 bits per dimension at 98 bytes 0.93). The codebooks round-trip."""
+    docs, _, _, queries = colbert_slice
+    index = INDEXES.create("plaid:residual=pq,m=64,n_centroids=1024")
+    index.add(docs)
+    assert index._codes.shape == (sum(len(d) for d in docs), 66) and index.quantizer.codebooks.shape == (64, 256, 6)
+    got = recall(index.search(queries, 10)[1], exact_ids)
+    assert got >= 0.85, got
+    index.save(tmp_path)
+    again = PlaidIndex.load(tmp_path, index.config(), len(docs))
+    np.testing.assert_array_equal(index.search(queries[:5], 10)[1], again.search(queries[:5], 10)[1])
+    with pytest.raises(RetrError, match="m >= 1"):
+        INDEXES.create("plaid:residual=pq")
