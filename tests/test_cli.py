@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def test_eval_learned_sparse_and_hybrid(tmp_path):
     """SPLADE-tiny on Lucene and its fusion with dense, from the command line (measured 0.3632 and 0.4080)."""
     proc = retr("eval", DATA / "cranfield", "-r", "splade:splade-tiny", "-r", f"rrf[splade:splade-tiny | dense:{MODEL}]",
                 "-m", "ndcg@10")
-    rows = {line.split()[1]: float(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("cranfield")}
+    cells = [re.split(r"\s{2,}", line.strip()) for line in proc.stdout.splitlines() if line.startswith("cranfield")]
+    rows = {row[1]: float(row[2]) for row in cells}  # columns are two spaces apart; fusion names hold single spaces
     assert rows == pytest.approx({"splade:splade-tiny@lucene": 0.3632,
                                   f"rrf:k=60[splade:splade-tiny@lucene | dense:{MODEL}@flat]": 0.4080}, abs=5e-4)
