@@ -13,6 +13,7 @@ The codec is saved as FAISS's own file format (``codec.faiss``), never pickled.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def inner_index(index: Any) -> Any:
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
 
 
-class FaissQuantizer:
+class FaissQuantizer(ABC):
     """A FAISS ``index_factory`` codec behind the ``Quantizer`` protocol; subclasses give the factory string."""
 
     name = "faiss"
@@ -59,8 +60,9 @@ class FaissQuantizer:
     def __init__(self) -> None:
         self.codec: Any = None  # the trained, empty FAISS index
 
+    @abstractmethod
     def factory(self, dim: int, n_train: int) -> str:
-        raise NotImplementedError
+        """The FAISS ``index_factory`` string for ``dim``-d vectors, ``n_train`` of them to train on."""
 
     def config(self) -> dict[str, Any]:
         return {}
