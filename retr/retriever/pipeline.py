@@ -54,6 +54,17 @@ class Docstore:
         return len(self.ids)
 
 
+def check_queries(queries: Sequence[str], k: int) -> None:
+    """A clear error for a single string, an empty query or k < 1 (every retriever's search_batch)."""
+    if isinstance(queries, str):
+        raise RetrError("search_batch takes a list of queries; use search() for one")
+    if k < 1:
+        raise RetrError(f"k must be at least 1, got {k}")
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise RetrError(f"query {i} is empty: give some text to search for")
+
+
 def _check_pair(encoder: Encoder, index: Index) -> None:
     if encoder.kind != index.kind:
         raise RetrError(
@@ -147,13 +158,7 @@ class Retriever:
 
     def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
         """Top ``k`` hits for each query, best first."""
-        if isinstance(queries, str):
-            raise RetrError("search_batch takes a list of queries; use search() for one")
-        if k < 1:
-            raise RetrError(f"k must be at least 1, got {k}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise RetrError(f"query {i} is empty: give some text to search for")
+        check_queries(queries, k)
         if not queries:
             return []
         k_eff = min(k, len(self.docstore))

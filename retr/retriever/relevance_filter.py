@@ -38,6 +38,7 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.progress import progress_bar
+from retr.retriever.pipeline import check_queries
 
 FAMILIES = {"linear": 2, "sqrt": 2, "power": 3}  # family -> number of predicted parameters
 ADAPTER_DIR, WEIGHTS, CONFIG = "adapter", "adapter.safetensors", "adapter.json"
@@ -267,13 +268,7 @@ class FilteredRetriever:
         return self.search_batch([query], k)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10) -> list[list]:
-        if isinstance(queries, str):
-            raise RetrError("search_batch takes a list of queries; use search() for one")
-        if k < 1:
-            raise RetrError(f"k must be at least 1, got {k}")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise RetrError(f"query {i} is empty: give some text to search for")
+        check_queries(queries, k)
         if not queries:
             return []
         reps, scores, ids = self.candidates(queries)
