@@ -27,15 +27,19 @@ MANIFEST = "manifest.json"
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``target`` if the block succeeds."""
+def atomic_directory(
+    target: Path | str, overwrite: bool = True, marker: str = MANIFEST, what: str = "a retr index",
+) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces ``target`` if the block succeeds.
+
+    An existing ``target`` is replaced only if it holds ``marker`` (it is ``what``: an
+    index, an adapter, a checkpoint), so a mistyped path never deletes other data.
+    """
     target = Path(target).absolute()
     if target.exists() and not overwrite:
         raise RetrError(f"{target} exists; pass overwrite to replace it")
-    if target.exists() and not (target / MANIFEST).is_file():
-        raise RetrError(
-            f"{target} exists and is not a retr index; refusing to replace it (choose another --out)"
-        )
+    if target.exists() and not (target / marker).is_file():
+        raise RetrError(f"{target} exists and is not {what}; refusing to replace it (choose another output)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -24,17 +24,15 @@ Per batch of texts, three losses are added:
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from retr.errors import RetrError
 from retr.progress import progress_bar
+from retr.storage import atomic_directory
 
 
 def decoder_attention(attention: Any, decoder_mask: float, generator: Any = None) -> Any:
@@ -209,10 +207,7 @@ def pretrain_dupmae(
         "loss_first": _mean(history[: max(1, steps // 20)]), "loss_last": _mean(history[-max(1, steps // 20):]),
         "history_every_10": history[::10],
     }
-    out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(out, marker="dupmae_pretrain.json", what="a DupMAE checkpoint") as tmp:
         lm.eval()
         kwargs = {"max_shard_size": shard_size} if shard_size else {}
         lm.save_pretrained(tmp, **kwargs)
@@ -220,14 +215,6 @@ def pretrain_dupmae(
         save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
                   str(tmp / "dupmae_decoder.safetensors"))
         (tmp / "dupmae_pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
-        if out.exists():
-            if not (out / "dupmae_pretrain.json").is_file():
-                raise RetrError(f"{out} exists and is not a DupMAE checkpoint; choose another output")
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 

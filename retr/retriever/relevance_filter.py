@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +36,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.progress import progress_bar
 from retr.retriever.pipeline import check_queries
+from retr.storage import atomic_directory
 
 FAMILIES = {"linear": 2, "sqrt": 2, "power": 3}  # family -> number of predicted parameters
 ADAPTER_DIR, WEIGHTS, CONFIG = "adapter", "adapter.safetensors", "adapter.json"
@@ -409,22 +407,6 @@ def save_adapter(net: Any, config: dict[str, Any], folder: Path) -> None:
     """Write ``adapter.safetensors`` + ``adapter.json`` to ``folder``, replacing it only once both are written."""
     from safetensors.torch import save_file
 
-    folder = Path(folder).absolute()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(folder, marker=CONFIG, what="a Cosine Adapter") as tmp:
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        if folder.exists():
-            if not (folder / CONFIG).is_file():
-                raise RetrError(f"{folder} exists and is not a Cosine Adapter; choose another output")
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
