@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 Row = list[Any]
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Row]) -> str:
@@ -55,3 +61,16 @@ def dir_bytes(path: Path) -> int:
 
 def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base else "–"
+
+
+def write_results(name: str, title: str, sections: Sequence[str], load: float, details: str = "") -> Path:
+    """Write bench/results/``name``.md: a header (time, machine, load at start, ``details``, the command) and the sections."""
+    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    header = (f"# {title}\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
+              f"nproc {len(os.sched_getaffinity(0))} · {platform.platform()} · Python {platform.python_version()} · "
+              f"load average at start {load:.2f}{details} · `{command}`")
+    out = RESULTS / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
+    print(f"\nwritten to {out.relative_to(RESULTS.parent.parent)}")
+    return out

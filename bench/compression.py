@@ -24,10 +24,7 @@ runs on a shared 2-core machine are not dominated by oversubscription. Writes be
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -37,7 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foundation import best_windows, md_table, ratio, topk  # noqa: E402
+from common import best_windows, md_table, ratio, write_results  # noqa: E402
+from foundation import topk  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -186,20 +184,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             (Path(tmp) / name).mkdir()
             sections.append(bench_dataset(args.data / name, Path(tmp) / name))
             print(sections[-1] + "\n", flush=True)
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = (f"# retr compression benchmark\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
-              f"nproc {len(os.sched_getaffinity(0))} · {args.threads} thread(s) · {platform.platform()} · "
-              f"Python {platform.python_version()} · load average at start {load:.2f} · "
-              f"{time.perf_counter() - started:.0f} s · `{command}`\n\n"
-              f"All training (JPQ, BEBR) ran on this machine's CPU. Held-out split: "
-              f"BLAKE2b(query id) / 2**64 < {HELD_OUT} (retr.retriever.relevance_filter.split_dataset); "
-              f"JPQ trains on the other queries only. The quality table's q/s are timed row by row (best of 3 "
-              f"windows, not interleaved): on a busy machine compare speeds only inside the speed table, whose "
-              f"windows are interleaved.")
-    out = REPO / "bench" / "results" / "compression.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
-    print(f"written to {out.relative_to(REPO)}")
+    note = (f"All training (JPQ, BEBR) ran on this machine's CPU. Held-out split: "
+            f"BLAKE2b(query id) / 2**64 < {HELD_OUT} (retr.retriever.relevance_filter.split_dataset); "
+            f"JPQ trains on the other queries only. The quality table's q/s are timed row by row (best of 3 "
+            f"windows, not interleaved): on a busy machine compare speeds only inside the speed table, whose "
+            f"windows are interleaved.")
+    write_results("compression", "retr compression benchmark", [note, *sections], load,
+                  f" · {args.threads} thread(s) · {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

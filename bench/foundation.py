@@ -28,22 +28,18 @@ and written to bench/results/foundation.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import logging
 import os
-import platform
-import shlex
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from common import best_windows, dir_bytes, md_table, ratio, seconds_per_call, timed
+from common import best_windows, dir_bytes, md_table, ratio, seconds_per_call, timed, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -361,14 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = (f"# retr foundation benchmark\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
-              f"nproc {len(os.sched_getaffinity(0))} · {platform.platform()} · Python {platform.python_version()} · "
-              f"load average at start {load:.2f} · `{command}`")
-    out = REPO / "bench" / "results" / "foundation.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
-    print(f"\nwritten to {out.relative_to(REPO)}")
+    write_results("foundation", "retr foundation benchmark", sections, load)
 
 
 if __name__ == "__main__":

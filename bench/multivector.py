@@ -26,14 +26,10 @@ tables are printed and written to bench/results/multivector.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import dir_bytes, md_table, ratio, timed
+from common import dir_bytes, md_table, ratio, timed, write_results
 
 from retr.indexers.maxsim import QUERY_GROUP, maxsim_batch
 
@@ -309,13 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     for s in sections:
         print(s + "\n", flush=True)
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = (f"# retr multi-vector benchmark\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
-              f"nproc {len(os.sched_getaffinity(0))} · {platform.platform()} · Python {platform.python_version()} · "
-              f"load average at start {load:.2f} · `{command}`")
-    out = REPO / "bench" / "results" / "multivector.md"
-    out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
-    print(f"written to {out.relative_to(REPO)}")
+    write_results("multivector", "retr multi-vector benchmark", sections, load)
 
 
 if __name__ == "__main__":

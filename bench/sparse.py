@@ -26,17 +26,13 @@ encodes nothing. Tables are printed and written to bench/results/sparse.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from common import best_windows, dir_bytes, md_table, ratio, timed
+from common import best_windows, dir_bytes, md_table, ratio, timed, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 SPLADE, DENSE = "splade-tiny", "all-MiniLM-L6-v2"
@@ -250,13 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"## Document encoding, first {len(texts)} documents of {args.datasets[0]}, empty cache "
             "(baseline: dense all-MiniLM-L6-v2)", md_table(["encoder", "docs/s", "× base"], encoding_rows(texts))]))
         print(sections[-1], flush=True)
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = (f"# retr learned-sparse benchmark\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
-              f"nproc {len(os.sched_getaffinity(0))} · {platform.platform()} · Python {platform.python_version()} · "
-              f"load average at start {load:.2f} · `{command}`")
-    out = REPO / "bench" / "results" / "sparse.md"
-    out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
-    print(f"\nwritten to {out.relative_to(REPO)}")
+    write_results("sparse", "retr learned-sparse benchmark", sections, load)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["RETR_PROGRESS"] = "0"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train with one thread: on a busy 2-core machine two threads oversubscribe and run ~5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cranfield():
     import retr

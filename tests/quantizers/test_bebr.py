@@ -19,15 +19,7 @@ from retr.quantizers.bebr import (
 from retr.registry import INDEXES, QUANTIZERS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Train with one thread: on a busy 2-core machine two threads oversubscribe and run ~5x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
