@@ -81,3 +81,22 @@ def test_bad_input(tokens):
         index.search([np.zeros((4, 128), np.float32)], 5)
     with pytest.raises(RetrError, match="NaN"):
         index.add([np.full((3, 384), np.nan, np.float32)])
+
+
+def test_float32_tokens_score_without_rounding_and_round_trip(tokens, tmp_path):
+    docs, flat, offsets, queries = tokens
+    index = INDEXES.create("maxsim:dtype=float32")
+    index.add(docs)
+    assert index._tokens.dtype == np.float32 and index.config() == {"dtype": "float32"}
+    scores, ids = index.search(queries, 10)
+    expected = maxsim_batch(queries, flat, offsets)  # float32 tokens, no float16 rounding
+    np.testing.assert_array_equal(ids, np.argsort(-expected, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, 1), rtol=1e-6)
+    index.save(tmp_path)
+    loaded = ExactMultiVectorIndex.load(tmp_path, index.config(), len(docs))
+    assert loaded._tokens.dtype == np.float32
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
+    with pytest.raises(RetrError, match="wrong shape or type"):  # the manifest says float16
+        ExactMultiVectorIndex.load(tmp_path, {}, len(docs))
+    with pytest.raises(RetrError, match="dtype must be one of float16, float32"):
+        INDEXES.create("maxsim:dtype=int8")
