@@ -4,17 +4,20 @@ One run, on one set of token vectors: Cranfield encoded once with retr's
 ColBERTEncoder("all-MiniLM-L6-v2") (zero-shot, 384-d; the embedding cache is used when warm).
 It measures:
 
-1. exact MaxSim (``maxsim``, float16 tokens): the reference top-100 of every query, latency,
-   and exhaustive MaxSim throughput as a fraction of this machine's memory bandwidth
-   (a large numpy copy, measured in the same run);
+1. exact MaxSim (``maxsim``, float16 tokens, and ``maxsim:dtype=float32``): the reference
+   top-100 of every query, latency, and exhaustive MaxSim throughput as a fraction of this
+   machine's memory bandwidth (a large numpy copy) and of its float32 matrix-product rate
+   (a product of the same shapes), both measured in the same run;
 2. PLAID-style (``plaid``: 1 and 2 bits per dimension, residual PQ) and MUVERA (``muvera``,
    flat and hnsw inner index, several candidate counts): index size, bytes per token, build
    time, latency (ms/query, all queries in one call and one query per call), recall@10/@100
-   of the exact top-10/top-100;
+   of the exact top-10/top-100, nDCG@10 against Cranfield's judgements;
 3. the Pearson correlation of FDE inner products with Chamfer (MaxSim) scores;
 4. peers on the same vectors, through bench/peers_multivector.py in a separate environment
    (``--peers-python``, or $RETR_BENCH_PEERS_PYTHON): PyLate's PLAID index (fast-plaid, CPU)
-   and fastembed's MUVERA (numpy postprocessor, exhaustive FDE search, numpy MaxSim rerank).
+   and fastembed's MUVERA (numpy postprocessor, exhaustive FDE search, numpy MaxSim rerank);
+5. the bytes-per-token frontier: recall@10 of exhaustive MaxSim over tokens reconstructed from
+   PLAID's codes, faiss scalar quantizers, and an entropy-coded transform code.
 
 Ratios are against retr's exact index from the same run. Timing: one warm-up call, then the
 best of ``--repeats`` calls; single-query latency over the first ``--single`` queries. The
@@ -45,8 +48,8 @@ from retr.indexers.maxsim import CELLS, QUERY_GROUP, maxsim_batch, top_k
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
 K = 100
-PLAID_SPECS = ("plaid:nbits=1", "plaid:nbits=2", "plaid:residual=pq,m=64")
-MUVERA_SPECS = ("muvera:inner=flat", "muvera:inner=hnsw,inner_ef_search=256")
+PLAID_SPECS = ("plaid:nbits=1", "plaid:nbits=2", "plaid:residual=pq,m=64", "plaid:residual=pq,m=96")
+MUVERA_SPECS = ("muvera:inner=flat", "muvera:inner=flat,dtype=float32", "muvera:inner=hnsw,inner_ef_search=256")
 CANDIDATES = (100, 200, 400, 800)
 Row = list[Any]
 
@@ -209,7 +212,7 @@ def muvera_results(col: Collection, args: argparse.Namespace) -> list[Result]:
         for depth in args.candidates:
             index.candidates = depth  # the FDE index is built once; candidates only matter at search
             res = measure(f"retr {spec},candidates={depth}", index, col.queries, args.single, args.repeats)
-            res.build_s, res.token_bytes = build_s, 2.0 * index.dim
+            res.build_s, res.token_bytes = build_s, float(index._store.dtype.itemsize * index.dim)
             res.extra = {"candidates": depth}
             out.append(res)
         print(f"{spec}: done", flush=True)
@@ -390,8 +393,8 @@ def main(argv: Sequence[str] | None = None) -> None:
          "difference from exact MaxSim's on the same queries. Memory bandwidth (1 GiB numpy copy, read + write): "
          f"{bandwidth / 1e9:.1f} GB/s."),
         "### Index size and latency (ratios vs retr exact maxsim)",
-        ("code B/token: bytes of one stored token (float16 for exact and MUVERA's rerank store; centroid id + "
-         "residual for PLAID); tables B/token: centroids and cut-offs/codebooks, amortised over the tokens; "
+        ("code B/token: bytes of one stored token (float16 or float32 for exact and MUVERA's rerank store; "
+         "centroid id + residual for PLAID); tables B/token: centroids and cut-offs/codebooks, amortised over the tokens; "
          "index B/token: everything on disk over the tokens."),
         table([*exacts, *plaid, *pylate], exact, col),
         "### MUVERA: recall vs candidates reranked by exact MaxSim (at least 100)",

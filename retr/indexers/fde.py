@@ -35,6 +35,8 @@ class FDE:
     projections: np.ndarray = field(init=False, repr=False)
     sketch_index: np.ndarray | None = field(default=None, init=False, repr=False)
     sketch_sign: np.ndarray | None = field(default=None, init=False, repr=False)
+    _planes: np.ndarray = field(init=False, repr=False)  # (dim, r_reps * k_sim): one product for all repetitions
+    _proj: np.ndarray | None = field(default=None, init=False, repr=False)  # (dim, r_reps * d_proj); None: identity
 
     def __post_init__(self) -> None:
         if self.r_reps < 1 or not 0 <= self.k_sim <= 16 or self.d_proj < 1 or self.final_dim < 0:
@@ -49,6 +51,9 @@ class FDE:
             signs = rng.integers(0, 2, (self.r_reps, self.dim, self.d_proj)) * 2 - 1
             proj = signs.astype(np.float32) / np.sqrt(self.d_proj)
         self.projections = proj
+        self._planes = np.ascontiguousarray(self.hyperplanes.transpose(1, 0, 2).reshape(self.dim, -1))
+        if self.d_proj != self.dim:
+            self._proj = np.ascontiguousarray(proj.transpose(1, 0, 2).reshape(self.dim, -1))
         if self.final_dim:
             self.sketch_index = rng.integers(0, self.final_dim, self.width_before_sketch)
             self.sketch_sign = (rng.integers(0, 2, self.width_before_sketch) * 2 - 1).astype(np.float32)
@@ -67,8 +72,14 @@ class FDE:
 
     def bucket_ids(self, tokens: np.ndarray) -> np.ndarray:
         """(n, r_reps) bucket of each token in each repetition: its SimHash bits read as an integer."""
-        bits = np.einsum("nd,rdk->nrk", tokens, self.hyperplanes) > 0
+        bits = (tokens @ self._planes).reshape(len(tokens), self.r_reps, self.k_sim) > 0
         return bits.astype(np.int64) @ (1 << np.arange(self.k_sim, dtype=np.int64))
+
+    def project(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, r_reps, d_proj) each token's projection in each repetition."""
+        if self._proj is None:
+            return np.broadcast_to(tokens[:, None, :], (len(tokens), self.r_reps, self.dim))
+        return (tokens @ self._proj).reshape(len(tokens), self.r_reps, self.d_proj)
 
     def encode(self, token_sets: Sequence[np.ndarray], query: bool) -> np.ndarray:
         """(len(token_sets), width) float32 encodings of queries (sums) or documents (averages)."""
@@ -82,7 +93,7 @@ class FDE:
         blocks = np.zeros((R, B, self.d_proj), dtype=np.float32)
         if n:
             ids = self.bucket_ids(tokens)  # (n, R)
-            projected = np.einsum("nd,rdp->nrp", tokens, self.projections)  # (n, R, d_proj)
+            projected = self.project(tokens)  # (n, R, d_proj)
             flat = (np.arange(R)[None, :] * B + ids).ravel()
             np.add.at(blocks.reshape(R * B, -1), flat, projected.reshape(n * R, -1))
             if not query:

@@ -3,7 +3,8 @@
 Documents' token sets become fixed dimensional encodings (``retr.indexers.fde``) held
 by any dense index (``inner``: flat, hnsw, ivf, ...); a query's encoding retrieves
 ``candidates`` documents, which are rescored by exact MaxSim over the stored token
-vectors. Settings of the inner index are passed with an ``inner_`` prefix:
+vectors (float16, or ``dtype=float32`` to skip widening them at query time, as in ``maxsim``).
+Settings of the inner index are passed with an ``inner_`` prefix:
 ``muvera:inner=hnsw,inner_ef_search=256,candidates=200``.
 """
 
@@ -32,7 +33,8 @@ class MuveraIndex:
 
     def __init__(
         self, r_reps: int = 20, k_sim: int = 5, d_proj: int = 16, final_dim: int = 0, fill_empty: bool = True,
-        seed: int = 42, inner: str = "flat", candidates: int = 100, rerank: bool = True, **inner_settings: Any,
+        seed: int = 42, inner: str = "flat", candidates: int = 100, rerank: bool = True, dtype: str = "float16",
+        **inner_settings: Any,
     ) -> None:
         unknown = [key for key in inner_settings if not key.startswith("inner_")]
         if unknown:
@@ -45,13 +47,13 @@ class MuveraIndex:
         self._inner = INDEXES.create(inner, **{k[len("inner_"):]: v for k, v in inner_settings.items()})
         if self._inner.kind != "dense":
             raise RetrError(f"muvera's inner index must hold dense vectors; {inner!r} holds {self._inner.kind}")
-        self._store = ExactMultiVectorIndex()
+        self._store = ExactMultiVectorIndex(dtype)
         self._fde: FDE | None = None
 
     def config(self) -> dict[str, Any]:
         inner = {f"inner_{k}": v for k, v in INDEXES.changed(self.inner_name, self._inner.config()).items()}
         return {**self.fde_settings, "inner": self.inner_name, "candidates": self.candidates,
-                "rerank": self.rerank, **inner}
+                "rerank": self.rerank, **self._store.config(), **inner}
 
     @property
     def dim(self) -> int | None:
@@ -104,7 +106,7 @@ class MuveraIndex:
     @classmethod
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> "MuveraIndex":
         index = cls(**config)
-        index._store = ExactMultiVectorIndex.load(directory, {}, count)
+        index._store = ExactMultiVectorIndex.load(directory, index._store.config(), count)
         inner_config = {k[len("inner_"):]: v for k, v in config.items() if k.startswith("inner_")}
         index._inner = INDEXES.get(index.inner_name).load(directory / FDE_DIR, inner_config, count)
         return index

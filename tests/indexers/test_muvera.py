@@ -78,12 +78,14 @@ def test_fewer_candidates_lower_recall_and_no_rerank_gives_fde_scores(colbert_sl
     np.testing.assert_array_equal(plain.search(queries[:2], 5)[1], expected)
 
 
-def test_round_trip(colbert_slice, tmp_path):
+@pytest.mark.parametrize("spec", ["muvera:final_dim=4096,candidates=50", "muvera:dtype=float32"])
+def test_round_trip(colbert_slice, tmp_path, spec):
     docs, _, _, queries = colbert_slice
-    index = INDEXES.create("muvera:final_dim=4096,candidates=50")
+    index = INDEXES.create(spec)
     index.add(docs)
     index.save(tmp_path)
     again = MuveraIndex.load(tmp_path, index.config(), len(docs))
+    assert again._store._tokens.dtype == index._store.dtype
     for a, b in zip(index.search(queries, 10), again.search(queries, 10)):
         np.testing.assert_array_equal(a, b)
 
