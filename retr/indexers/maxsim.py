@@ -27,6 +27,7 @@ from retr.storage import load_array, save_array
 TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"
 DTYPES = ("float16", "float32")
 CELLS = 1 << 24  # similarity-matrix entries computed at once (64 MB of float32)
+GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stays in cache for the product)
 QUERY_GROUP = 64  # queries scored together in one pass over the documents
 
 
@@ -47,13 +48,17 @@ def widen(tokens: np.ndarray) -> np.ndarray:
 
 def maxsim_batch(
     queries: Sequence[np.ndarray], doc_tokens: np.ndarray, doc_offsets: np.ndarray, cells: int = CELLS,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(nq, n_docs) float32 MaxSim scores of each query against each document; empty documents get -inf.
 
     All query tokens are multiplied with a chunk of document tokens at once (one matrix
     product), reduced to a max per document segment (``np.maximum.reduceat``) and summed
     per query (``np.add.reduceat``). Chunks end on document boundaries and hold about
-    ``cells / total query tokens`` tokens, which bounds memory.
+    ``cells / total query tokens`` tokens, which bounds memory. With ``rows``, the documents
+    are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
+    gathered ``GATHER`` at a time so each chunk is still in cache for its product, float16
+    rows in whole chunks (each faiss widening call costs milliseconds of fixed overhead).
     """
     offsets = np.asarray(doc_offsets, dtype=np.int64)
     n_docs = len(offsets) - 1
@@ -66,6 +71,8 @@ def maxsim_batch(
     q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
     out = np.full((len(queries), n_docs), -np.inf, dtype=np.float32)
     chunk = max(1, cells // len(q_all))
+    if rows is not None and doc_tokens.dtype == np.float32:
+        chunk = min(chunk, GATHER)
     d0 = 0
     while d0 < n_docs:
         # the documents whose tokens fit in one chunk (at least one document)
@@ -73,7 +80,8 @@ def maxsim_batch(
         d1 = min(max(d1, d0 + 1), n_docs)
         t0, t1 = int(offsets[d0]), int(offsets[d1])
         if t1 > t0:
-            sims = q_all @ widen(doc_tokens[t0:t1]).T  # (sum q_len, tokens)
+            block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
+            sims = q_all @ widen(block).T  # (sum q_len, tokens)
             lengths = np.diff(offsets[d0 : d1 + 1])
             nonempty = np.flatnonzero(lengths > 0)
             best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
@@ -204,7 +212,7 @@ class ExactMultiVectorIndex:
     def rescore(self, query: np.ndarray, doc_ids: np.ndarray) -> np.ndarray:
         """Exact MaxSim of one query against the given documents only (candidates from a first stage)."""
         rows, sub_offsets = token_rows(self._offsets, np.asarray(doc_ids, dtype=np.int64))
-        return maxsim_batch([query], np.asarray(self._tokens[rows]), sub_offsets)[0]
+        return maxsim_batch([query], self._tokens, sub_offsets, rows=rows)[0]
 
     def save(self, directory: Path) -> None:
         save_array(directory / TOKENS_FILE, np.asarray(self._tokens, dtype=self.dtype))

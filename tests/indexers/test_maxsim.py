@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from retr import INDEXES, RetrError
-from retr.indexers.maxsim import ExactMultiVectorIndex, maxsim_batch, maxsim_reference, maxsim_scores
+from retr.indexers.maxsim import (CELLS, ExactMultiVectorIndex, maxsim_batch, maxsim_reference, maxsim_scores,
+                                  token_rows)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,13 @@ def test_chunking_and_batching_do_not_change_scores(tokens):
     np.testing.assert_allclose(maxsim_batch(queries, flat, offsets, cells=3000), whole, rtol=1e-6, atol=1e-5)
     for i, q in enumerate(queries[:5]):
         np.testing.assert_allclose(maxsim_scores(q, flat, offsets, cells=1), whole[i], rtol=1e-6, atol=1e-5)
+    picked = np.array([250, 3, 77, 3, 120])  # a subset, out of order, one twice: gathered chunk by chunk
+    rows, seg = token_rows(offsets, picked)
+    for cells in (CELLS, 3000):
+        np.testing.assert_allclose(maxsim_batch(queries, flat.astype(np.float16), seg, cells, rows=rows),
+                                   whole[:, picked], rtol=1e-2, atol=1e-2)  # float16 tokens vs float32
+        np.testing.assert_array_equal(maxsim_batch(queries, flat, seg, cells, rows=rows),
+                                      maxsim_batch(queries, flat[rows], seg, cells))
 
 
 def test_index_is_exact_over_float16_tokens(tokens):
