@@ -118,6 +118,7 @@ def test_multi_vector_index_search_and_eval(tmp_path):
          "--index", "plaid:nbits=1", "--out", out)
     hits = json.loads(retr("search", out, "heat transfer in hypersonic flow", "-k", "5", "--json").stdout)["hits"]
     assert len(hits) == 5 and all("hypersonic" in h["text"].lower() for h in hits[:3])
-    proc = retr("eval", DATA / "cranfield", "-r", f"colbert:{MODEL}@muvera", "-m", "ndcg@10")
+    # k 100: muvera reranks max(k, candidates) documents, so eval's default k of 1000 would rerank them all
+    proc = retr("eval", DATA / "cranfield", "-r", f"colbert:{MODEL}@muvera", "-m", "ndcg@10", "-k", "100")
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith("cranfield"))
     assert row[1] == f"colbert:{MODEL}@muvera" and float(row[2]) == pytest.approx(0.3489, abs=5e-4)
