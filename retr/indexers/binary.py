@@ -23,6 +23,7 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.indexers.faiss_index import _faiss, as_matrix
+from retr.indexers.quantized import train_and_encode
 from retr.quantizers.bebr import BEBRQuantizer, byte_values
 from retr.storage import load_array, save_array
 
@@ -87,9 +88,7 @@ class BEBRIndex:
 
     def add(self, vectors: Any) -> None:
         x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
-        if not self.quantizer.trained:
-            self.quantizer.train(x)
-        codes = self.quantizer.encode(x)
+        codes = train_and_encode(self.quantizer, x, self.name)
         self._codes = np.concatenate([self._codes, codes]) if len(self._codes) else codes
         if self.rerank:
             self._vectors = np.concatenate([self._vectors, x]) if self._vectors is not None else x.copy()

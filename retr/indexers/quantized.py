@@ -31,6 +31,19 @@ CODES_FILE, QUANTIZER_DIR = "codes.npy", "quantizer"
 ENCODE_CHUNK = 1 << 16
 
 
+def train_and_encode(quantizer: Any, x: np.ndarray, index_name: str) -> np.ndarray:
+    """uint8 codes of ``x``, ``ENCODE_CHUNK`` vectors at a time; an untrained quantizer first trains on ``x``
+    (every code-storing index trains on the first vectors added)."""
+    if not quantizer.trained:
+        quantizer.train(x)
+    parts = []
+    with progress_bar(total=len(x), desc=f"encoding for {index_name}", unit="vec") as bar:
+        for start in range(0, len(x), ENCODE_CHUNK):
+            parts.append(quantizer.encode(x[start : start + ENCODE_CHUNK]))
+            bar.update(min(ENCODE_CHUNK, len(x) - start))
+    return np.concatenate(parts)
+
+
 class QuantizedIndex:
     """Codes of one ``FaissQuantizer``, searched with the quantizer's FAISS searcher."""
 
@@ -58,15 +71,9 @@ class QuantizedIndex:
         return len(self._codes)
 
     def add(self, vectors: Any) -> None:
-        x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
-        if not self.quantizer.trained:
-            self.quantizer.train(x)
-        parts = [self._codes] if len(self._codes) else []
-        with progress_bar(total=len(x), desc=f"encoding for {self.name}", unit="vec") as bar:
-            for start in range(0, len(x), ENCODE_CHUNK):
-                parts.append(self.quantizer.encode(x[start : start + ENCODE_CHUNK]))
-                bar.update(min(ENCODE_CHUNK, len(x) - start))
-        self._codes = np.concatenate(parts)
+        codes = train_and_encode(self.quantizer, as_matrix(vectors, self.dim, f"adding to a {self.name} index"),
+                                 self.name)
+        self._codes = np.concatenate([self._codes, codes]) if len(self._codes) else codes
         self._searcher = None
 
     def _tune(self, searcher: Any) -> None:
