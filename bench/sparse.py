@@ -61,7 +61,7 @@ def reference_splade(texts: Sequence[str], max_length: int = 256) -> Any:
 
 def exhaustive(queries: Any, docs: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` by sparse dot product (scipy), ties by document order; non-matching documents excluded."""
-    from retr.indexers.maxsim import top_k
+    from retr.scoring import top_k
 
     scores = (queries @ docs.T).toarray().astype(np.float32)
     scores[scores <= 0] = -np.inf
@@ -145,7 +145,7 @@ def quality_rows(ds: Any) -> tuple[list[list[Any]], dict[str, Any]]:
 
 def exhaustive_late_interaction(queries: Any, docs: Any, k: int = DEPTH) -> tuple[np.ndarray, np.ndarray]:
     """SLIM's exact score against every document (the refinement function over all of them)."""
-    from retr.indexers.maxsim import top_k
+    from retr.scoring import top_k
     from retr.indexers.slim import late_interaction
 
     scores = np.stack([late_interaction(queries.matrix[a:b], docs.matrix, docs.offsets)

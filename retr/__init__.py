@@ -9,7 +9,7 @@
 __version__ = "0.1.0"
 
 from retr.errors import RetrError
-from retr.eval.datasets import Dataset, Document, load_dataset, read_corpus, read_qrels, read_queries
+from retr.eval.datasets import Corpus, Dataset, Document, iter_corpus, load_dataset, read_corpus, read_qrels, read_queries
 from retr.eval.harness import evaluate, table
 from retr.eval.metrics import evaluate_run
 from retr.protocols import Encoder, Index, Quantizer
@@ -20,7 +20,7 @@ from retr.retriever.relevance_filter import FilteredRetriever
 from retr.retriever.spec import build_retriever
 
 __all__ = [
-    "Dataset", "Document", "ENCODERS", "Encoder", "FILTERS", "FilteredRetriever", "FusedRetriever", "Hit", "INDEXES", "Index",
+    "Corpus", "Dataset", "Document", "ENCODERS", "Encoder", "FILTERS", "FilteredRetriever", "FusedRetriever", "Hit", "INDEXES", "Index",
     "QUANTIZERS", "Quantizer", "RetrError", "Retriever", "Spec", "build_retriever", "evaluate",
-    "evaluate_run", "load_dataset", "open_index", "read_corpus", "read_qrels", "read_queries", "table",
+    "evaluate_run", "iter_corpus", "load_dataset", "open_index", "read_corpus", "read_qrels", "read_queries", "table",
 ]

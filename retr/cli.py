@@ -19,7 +19,7 @@ app = typer.Typer(
 
 @app.command()
 def index(
-    corpus: Path = typer.Option(..., help="corpus.jsonl, a .tsv (id, [title,] text), or a BEIR / MS MARCO folder"),
+    corpus: Path = typer.Option(..., help="corpus.jsonl(.gz), a .tsv (id, [title,] text), or a BEIR / MS MARCO folder"),
     out: Path = typer.Option(..., help="index directory to write (replaced only when the new one is complete)"),
     encoder: str = typer.Option("dense:sentence-transformers/all-MiniLM-L6-v2",
                                 help="encoder spec: bm25[:k1=..,b=..], dense:MODEL, colbert:MODEL, splade:MODEL, "
@@ -29,17 +29,19 @@ def index(
                               "maxsim, plaid, muvera, slim[:key=value...]"),
     store_text: bool = typer.Option(True, "--texts/--no-texts", help="keep document texts in the index"),
     on_empty: str = typer.Option("skip", help="documents with no text: skip (with a warning) or error"),
+    chunk_size: int = typer.Option(0, help="documents encoded and added at once (0: 16,384; 2,048 for token "
+                                           "matrices); bounds the build's memory"),
 ) -> None:
-    """Encode a corpus and write an index directory."""
-    from retr.eval.datasets import read_corpus
+    """Encode a corpus and write an index directory (streaming: memory stays at a few chunks)."""
+    from retr.eval.datasets import Corpus
     from retr.retriever.pipeline import Retriever
     from retr.retriever.spec import parse_pair
 
     if on_empty not in ("skip", "error"):
         raise RetrError("--on-empty is 'skip' or 'error'")
     enc, idx = parse_pair(encoder if index_spec is None else f"{encoder}@{index_spec}")
-    docs = read_corpus(corpus, on_empty=on_empty)  # type: ignore[arg-type]
-    retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text)
+    docs = Corpus(corpus, on_empty=on_empty)  # type: ignore[arg-type]
+    retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text, chunk_size=chunk_size)
     typer.echo(f"indexed {len(retriever)} documents with {retriever.name} into {out} "
                f"({_size(out) / 2**20:.1f} MiB, {retriever.build_seconds:.1f} s)")
 
@@ -55,11 +57,13 @@ def search(
         None, "--filter", help="relevance filter: adapter[:PATH][,threshold=0.5] (default PATH: the index's "
                                "adapter/), cosine:threshold=T, topk:k=N; a query may then get no hits"),
     filter_depth: int = typer.Option(100, help="candidates per query the filter looks at"),
+    device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N (flat, maxsim, "
+                                           "muvera, plaid, refine / rerank stages)"),
 ) -> None:
     """Search an index."""
     from retr.retriever.pipeline import open_index
 
-    retriever = open_index(index_dir, encoder=encoder)
+    retriever = open_index(index_dir, encoder=encoder, device=device)
     if filter_spec is not None:
         from retr.retriever.relevance_filter import FilteredRetriever
 
@@ -94,6 +98,7 @@ def evaluate(
     queries: str = typer.Option("all", help="all, train or held-out: the deterministic query split "
                                             "(BLAKE2b of the query id) the Cosine Adapter trains on"),
     held_out: float = typer.Option(0.3, help="fraction of queries in the held-out part"),
+    device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N"),
 ) -> None:
     """Evaluate retrievers on a dataset and print one table."""
     from retr.eval.datasets import load_dataset
@@ -104,7 +109,8 @@ def evaluate(
         from retr.retriever.relevance_filter import split_dataset
 
         data = split_dataset(data, queries, held_out)
-    results = run_eval(data, retriever, k=k, metrics=metric, out=out, filter=filter_spec, filter_depth=filter_depth)
+    results = run_eval(data, retriever, k=k, metrics=metric, out=out, filter=filter_spec, filter_depth=filter_depth,
+                       device=device)
     typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json else table(results))
 
 

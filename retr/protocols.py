@@ -58,7 +58,14 @@ class Index(Protocol):
     def __len__(self) -> int: ...
 
     def save(self, directory: Path) -> None:
-        """Write the index's files into ``directory`` (which exists and is empty)."""
+        """Write the index's files into ``directory`` (files ``stage`` put there already are only closed)."""
+
+    # Optional, by index type:
+    #   stage(directory): write arrays into ``directory`` as documents are added, not into memory
+    #   training_size(n) -> int, train(reps, n), trained: an index that trains (IVF, PQ, BEBR, PLAID,
+    #       MUVERA over a trained inner index) says how many of n documents to sample, then trains
+    #       on their representations before the build adds the whole corpus in chunks
+    #   use_device(device): run exact scoring on a device (``retr.scoring``)
 
 
 @runtime_checkable
@@ -70,7 +77,8 @@ class Quantizer(Protocol):
 
     def config(self) -> dict[str, Any]: ...
 
-    def train(self, vectors: np.ndarray) -> None: ...
+    def train(self, vectors: np.ndarray, n: int | None = None) -> None:
+        """Learn the codec from ``vectors``, a sample of a corpus of ``n`` (default: all of it)."""
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """uint8 codes of shape (n, code_size)."""

@@ -181,15 +181,18 @@ class CsrArrays:
         """The given rows (all by default) as a float32 scipy CSR matrix."""
         if rows is None:
             return _csr(self.data, self.indices.astype(np.int32), self.indptr, self.n_cols)
-        from retr.indexers.maxsim import token_rows  # the same segment gather as token matrices
+        from retr.scoring.maxsim import token_rows  # the same segment gather as token matrices
 
         positions, indptr = token_rows(self.indptr, np.asarray(rows, dtype=np.int64))
         return _csr(self.data[positions], self.indices[positions].astype(np.int32), indptr, self.n_cols)
 
-    def concat(self, other: "CsrArrays") -> "CsrArrays":
-        return CsrArrays(np.concatenate([self.indptr, self.indptr[-1] + other.indptr[1:]]),
-                         np.concatenate([self.indices, other.indices]), np.concatenate([self.data, other.data]),
-                         self.n_cols)
+    @classmethod
+    def join(cls, blocks: Sequence["CsrArrays"]) -> "CsrArrays":
+        """The rows of ``blocks`` one after the other (one copy of each array)."""
+        starts = np.cumsum([0] + [int(b.indptr[-1]) for b in blocks[:-1]])
+        indptr = np.concatenate([blocks[0].indptr[:1]] + [b.indptr[1:] + s for b, s in zip(blocks, starts)])
+        return cls(indptr, np.concatenate([b.indices for b in blocks]), np.concatenate([b.data for b in blocks]),
+                   blocks[0].n_cols)
 
     def save(self, directory: Path, stem: str) -> None:
         for part in ("indptr", "indices", "data"):

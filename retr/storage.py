@@ -22,7 +22,7 @@ import numpy as np
 from retr.errors import RetrError
 
 FORMAT = "retr-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: flat vectors as vectors.npy, arrays written with a fixed-size header as they grow
 MANIFEST = "manifest.json"
 
 
@@ -118,7 +118,21 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    """Write ``array`` as ``.npy``; a large (memory-mapped) array is copied a block at a time.
+
+    An array memory-mapped from ``path`` itself is already there and is left as it is.
+    """
+    if isinstance(array, np.memmap) and array.filename and Path(array.filename).absolute() == Path(path).absolute():
+        return
+    array = np.asarray(array)
+    if array.nbytes <= COPY_BLOCK or array.ndim == 0:
+        np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+        return
+    out = GrowingArray(array.dtype, array.shape[1:], path)
+    step = max(1, COPY_BLOCK // max(1, array[:1].nbytes))
+    for start in range(0, len(array), step):
+        out.append(array[start : start + step])
+    out.close()
 
 
 def load_array(path: Path, mmap: bool = True) -> np.ndarray:
@@ -127,6 +141,135 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise RetrError(f"cannot read {path}: {exc}; rebuild the index") from None
+
+
+COPY_BLOCK = 1 << 26  # bytes copied at once when an array is written block by block
+HEADER_BYTES = 128  # a .npy header reserved at the start of a growing file, rewritten when it is closed
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly ``HEADER_BYTES`` bytes (the format pads it with spaces)."""
+    body = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    size = HEADER_BYTES - 10  # magic (6), version (2), header length (2)
+    if len(body) + 1 > size:
+        raise RetrError(f"array shape {shape} is too large for a .npy header of {HEADER_BYTES} bytes")
+    return b"\x93NUMPY\x01\x00" + size.to_bytes(2, "little") + (body.ljust(size - 1) + "\n").encode("latin1")
+
+
+class GrowingArray:
+    """An array that grows by appending rows: held in memory, or written to a ``.npy`` file as it grows.
+
+    On disk, rows go straight to the file after a reserved header, so memory stays at one
+    appended block whatever the total; ``array`` closes the header and memory-maps the file.
+    An existing file this class wrote can be opened again to append more rows. The row
+    shape is fixed by the first rows appended when it is not given.
+    """
+
+    def __init__(self, dtype: Any, shape: tuple[int, ...] | None = None, path: Path | None = None) -> None:
+        self.dtype, self.shape, self.path = np.dtype(dtype), shape, path
+        self._rows = 0
+        self._blocks: list[np.ndarray] = []
+        self._file: Any = None
+        self._view: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "GrowingArray":
+        """An existing array (a loaded, memory-mapped one, say) that later rows are appended to in memory."""
+        grown = cls(array.dtype, array.shape[1:])
+        grown._rows, grown._view = len(array), array
+        grown._blocks = [array] if len(array) else []
+        return grown
+
+    def staged(self, path: Path) -> "GrowingArray":
+        """The same (empty) array, written to ``path`` as it grows."""
+        if self._rows:
+            raise RetrError("an array can be staged on disk only before rows are added")
+        return GrowingArray(self.dtype, self.shape, path)
+
+    @classmethod
+    def reopen(cls, path: Path) -> "GrowingArray":
+        """Append to a ``.npy`` file (one written with a ``HEADER_BYTES`` header, by this class)."""
+        array = load_array(path)
+        if array.offset != HEADER_BYTES or array.ndim == 0:
+            raise RetrError(f"{path} was not written as a growing array; rebuild the index")
+        grown = cls(array.dtype, array.shape[1:], path)
+        grown._rows, grown._view = len(array), array
+        return grown
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def append(self, rows: Any) -> None:
+        block = np.ascontiguousarray(rows, dtype=self.dtype)
+        if self.shape is None:
+            self.shape = block.shape[1:]
+        if block.shape[1:] != tuple(self.shape):
+            raise RetrError(f"appending rows of shape {block.shape[1:]} to an array of rows {tuple(self.shape)}")
+        if not len(block):
+            return
+        if self.path is not None and self._file is None and self._view is not None and not self.path.exists():
+            self.path, self._blocks = None, [self._view]  # closed, then moved away (renamed into place): go on in memory
+        self._view = None
+        self._rows += len(block)
+        if self.path is None:
+            self._blocks.append(block)
+            return
+        if self._file is None:
+            exists = self.path.exists()
+            self._file = open(self.path, "r+b" if exists else "wb")
+            if exists:
+                self._file.seek(0, os.SEEK_END)
+            else:
+                self._file.write(_npy_header(self.dtype, (0, *self.shape)))
+        self._file.write(block.data)
+
+    def close(self) -> None:
+        """Write the final header (on disk) and memory-map the file, which is then a complete ``.npy``.
+
+        The mapping stays valid when the file's directory is renamed afterwards (an index put
+        into place), so the array can still be searched.
+        """
+        if self.path is None or (self._file is None and self._view is not None):
+            return
+        if self._file is None:
+            self._file = open(self.path, "r+b" if self.path.exists() else "wb")
+        self._file.seek(0)
+        self._file.write(_npy_header(self.dtype, (self._rows, *(self.shape or ()))))
+        self._file.close()
+        self._file = None
+        self._view = load_array(self.path)
+
+    @property
+    def array(self) -> np.ndarray:
+        """Every row: the concatenated blocks, or the file memory-mapped."""
+        if self._view is None:
+            if self.path is not None:
+                self.close()
+            else:
+                empty = np.zeros((0, *(self.shape or ())), dtype=self.dtype)
+                self._view = np.concatenate(self._blocks) if len(self._blocks) > 1 else (
+                    self._blocks[0] if self._blocks else empty)
+                self._blocks = [self._view] if len(self._view) else []
+        return self._view
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a new array; read from the file (not mapped) while it is being written."""
+        if self._file is None:  # in memory, or closed and memory-mapped
+            return np.array(self.array[start:stop])
+        self._file.flush()
+        row_bytes = self.dtype.itemsize * int(np.prod(self.shape or (), dtype=np.int64))
+        count = max(0, min(stop, self._rows) - start)
+        with open(self.path, "rb") as fh:
+            fh.seek(HEADER_BYTES + start * row_bytes)
+            data = fh.read(count * row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(count, *(self.shape or ())).copy()
+
+    def save(self, path: Path) -> None:
+        """Write every row to ``path``: closing the file when it is already there, else copying."""
+        if self.path is not None and Path(path).absolute() == self.path.absolute():
+            self.close()
+        else:
+            save_array(path, self.array)
 
 
 class StringArray:
@@ -165,3 +308,36 @@ class StringArray:
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
+
+
+class StringArrayWriter:
+    """Strings appended in blocks to a UTF-8 blob and its offsets, in memory or straight to ``.npy`` files."""
+
+    def __init__(self, directory: Path | None, stem: str) -> None:
+        path = (lambda suffix: None) if directory is None else (lambda suffix: directory / f"{stem}.{suffix}.npy")
+        self.directory, self.stem = directory, stem
+        self._blob = GrowingArray(np.uint8, (), path("bytes"))
+        self._offsets = GrowingArray(np.int64, (), path("offsets"))
+        self._offsets.append(np.zeros(1, dtype=np.int64))
+        self._end = 0
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def append(self, strings: list[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        ends = self._end + np.cumsum([len(b) for b in encoded], dtype=np.int64)
+        self._blob.append(np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        self._offsets.append(ends)
+        self._end = int(ends[-1]) if len(ends) else self._end
+
+    def read(self, start: int, stop: int) -> list[str]:
+        """Strings ``start:stop``, read back without memory-mapping the blob."""
+        offsets = self._offsets.rows(start, stop + 1)
+        data = self._blob.rows(int(offsets[0]), int(offsets[-1])).tobytes()
+        base = int(offsets[0])
+        return [data[a - base : b - base].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+    def finish(self) -> StringArray:
+        """The complete array (files closed and memory-mapped when on disk)."""
+        return StringArray(self._blob.array, self._offsets.array)

@@ -9,13 +9,18 @@ Every reader checks what it reads and names the file and line of the first probl
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
 
 from retr.errors import RetrError
+from retr.hashindex import HashIndex, first_repeat, hash_keys
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id", "pid", "qid")
 TEXT_FIELDS = ("text", "contents", "passage", "body")
@@ -44,16 +49,47 @@ class Dataset:
     path: Path | None = field(default=None, repr=False)
 
 
+CHECK_BLOCK = 4096  # documents whose ids are checked for duplicates at once
+CORPUS_FILES = ("corpus.jsonl", "corpus.jsonl.gz", "collection.tsv", "corpus.tsv")
+
+
+class IdSet:
+    """Ids seen so far (their 128-bit hashes, ``retr.hashindex``), checked a block at a time: 24 bytes an id."""
+
+    def __init__(self) -> None:
+        self._seen = HashIndex()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, ids: Sequence[str], where: Sequence[int]) -> tuple[str, int, int] | None:
+        """Add ``ids`` (seen at ``where``); if one was seen before, (id, where first, where again) instead."""
+        keys, where = hash_keys(ids), np.asarray(where, dtype=np.int64)
+        repeat = first_repeat(keys)
+        found = self._seen.find(keys)
+        earlier = np.flatnonzero(found >= 0)
+        if len(earlier) and (repeat is None or earlier[0] < repeat[1]):
+            i = int(earlier[0])
+            return ids[i], int(found[i]), int(where[i])
+        if repeat is not None:
+            return ids[repeat[1]], int(where[repeat[0]]), int(where[repeat[1]])
+        self._seen.add(keys, where)
+        return None
+
+
 def _open_lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise RetrError(f"file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with open(path, encoding="utf-8") as fh:
+        with opener(path, "rt", encoding="utf-8") as fh:
             for number, line in enumerate(fh, start=1):
                 if line.strip():
                     yield number, line.rstrip("\n\r")
     except UnicodeDecodeError as exc:
         raise RetrError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (OSError, EOFError) as exc:  # a damaged or truncated .gz
+        raise RetrError(f"cannot read {path}: {exc}") from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -83,22 +119,27 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def read_corpus(path: Path | str, on_empty: Literal["skip", "error"] = "skip") -> list[Document]:
-    """Read a corpus from a ``.jsonl`` or ``.tsv`` file, or a BEIR / MS MARCO directory.
+    """Read a whole corpus into memory: ``list(iter_corpus(path, on_empty))``."""
+    return list(iter_corpus(path, on_empty))
 
-    Duplicate ids are an error. A document with no text cannot be retrieved: it is
-    skipped with a warning (``on_empty="skip"``) or refused (``on_empty="error"``).
-    """
-    path = Path(path)
+
+def _corpus_file(path: Path) -> Path:
     if path.is_dir():
-        for name in ("corpus.jsonl", "collection.tsv", "corpus.tsv"):
+        for name in CORPUS_FILES:
             if (path / name).is_file():
-                return read_corpus(path / name, on_empty)
+                return path / name
         raise RetrError(f"{path} has no corpus.jsonl or collection.tsv")
-    rows: Iterator[tuple[int, Document]]
-    if path.suffix == ".tsv":
-        rows = ((n, _tsv_document(row, path, n)) for n, row in _tsv_rows(path))
-    elif path.suffix in (".jsonl", ".json"):
-        rows = (
+    if not path.exists():
+        raise RetrError(f"corpus not found: {path}")
+    return path
+
+
+def _corpus_rows(path: Path) -> Iterator[tuple[int, Document]]:
+    suffix = path.suffix if path.suffix != ".gz" else Path(path.stem).suffix
+    if suffix == ".tsv":
+        return ((n, _tsv_document(row, path, n)) for n, row in _tsv_rows(path))
+    if suffix in (".jsonl", ".json"):
+        return (
             (n, Document(
                 _field(r, ID_FIELDS, path, n, "id"),
                 _field(r, TEXT_FIELDS, path, n, "text"),
@@ -106,32 +147,55 @@ def read_corpus(path: Path | str, on_empty: Literal["skip", "error"] = "skip") -
             ))
             for n, r in _json_records(path)
         )
-    elif not path.exists():
-        raise RetrError(f"corpus not found: {path}")
-    else:
-        raise RetrError(f"{path}: a corpus is a .jsonl or .tsv file or a BEIR / MS MARCO directory")
-    docs: list[Document] = []
-    seen: dict[str, int] = {}
+    raise RetrError(f"{path}: a corpus is a .jsonl, .jsonl.gz or .tsv file or a BEIR / MS MARCO directory")
+
+
+def iter_corpus(path: Path | str, on_empty: Literal["skip", "error"] = "skip") -> Iterator[Document]:
+    """Stream a corpus from a ``.jsonl`` (or ``.jsonl.gz``) or ``.tsv`` file, or a BEIR / MS MARCO directory.
+
+    Nothing but a block of documents is held at once. Duplicate ids are an error (naming both
+    lines). A document with no text cannot be retrieved: it is skipped with a warning
+    (``on_empty="skip"``) or refused (``on_empty="error"``).
+    """
+    path = _corpus_file(Path(path))
+    rows = _corpus_rows(path)
+    seen = IdSet()
     empty: list[str] = []
-    for number, doc in rows:
-        if doc.id in seen:
+    count = 0
+    while block := list(itertools.islice(rows, CHECK_BLOCK)):
+        duplicate = seen.add([doc.id for _, doc in block], [n for n, _ in block])
+        if duplicate is not None:
+            doc_id, first, again = duplicate
             raise RetrError(
-                f"{path} line {number}: duplicate document id {doc.id!r} (first at line {seen[doc.id]}); "
+                f"{path} line {again}: duplicate document id {doc_id!r} (first at line {first}); "
                 "document ids must be unique"
             )
-        seen[doc.id] = number
-        if not doc.content:
-            if on_empty == "error":
-                raise RetrError(f"{path} line {number}: document {doc.id!r} has no text")
-            empty.append(doc.id)
-            continue
-        docs.append(doc)
+        for number, doc in block:
+            if not doc.content:
+                if on_empty == "error":
+                    raise RetrError(f"{path} line {number}: document {doc.id!r} has no text")
+                empty.append(doc.id)
+                continue
+            count += 1
+            yield doc
     if empty:
         shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
         print(f"retr: skipped {len(empty)} document(s) with no text: {shown}", file=sys.stderr)
-    if not docs:
+    if not count:
         raise RetrError(f"{path}: the corpus is empty (no document with text)")
-    return docs
+
+
+class Corpus:
+    """A corpus file read again on every iteration (``iter_corpus``), so a build can stream it."""
+
+    def __init__(self, path: Path | str, on_empty: Literal["skip", "error"] = "skip") -> None:
+        self.path, self.on_empty = _corpus_file(Path(path)), on_empty
+
+    def __iter__(self) -> Iterator[Document]:
+        return iter_corpus(self.path, self.on_empty)
+
+    def __repr__(self) -> str:
+        return f"Corpus({str(self.path)!r})"
 
 
 def _tsv_document(row: list[str], path: Path, number: int) -> Document:
@@ -198,7 +262,7 @@ def load_dataset(path: Path | str, split: str = "test", on_empty: Literal["skip"
     path = Path(path)
     if not path.is_dir():
         raise RetrError(f"dataset directory not found: {path}")
-    if (path / "corpus.jsonl").is_file():
+    if (path / "corpus.jsonl").is_file() or (path / "corpus.jsonl.gz").is_file():
         queries_file, qrels_file = path / "queries.jsonl", path / "qrels" / f"{split}.tsv"
     elif (path / "collection.tsv").is_file():
         queries_file, qrels_file = path / f"queries.{split}.tsv", path / f"qrels.{split}.tsv"

@@ -47,14 +47,15 @@ def run_retriever(retriever: AnyRetriever, dataset: Dataset, k: int = 1000) -> t
 def evaluate(
     dataset: Dataset, retrievers: Sequence[str | AnyRetriever], k: int = 1000,
     metrics: Sequence[str] = DEFAULT_METRICS, out: Path | str | None = None,
-    filter: str | None = None, filter_depth: int = 100,
+    filter: str | None = None, filter_depth: int = 100, device: str | None = None,
 ) -> list[Result]:
     """Build (or take) each retriever, search the dataset's queries, score the runs.
 
     With ``out``, each run is written as ``<out>/<dataset>.<retriever>.trec`` and all
     results as ``<out>/<dataset>.results.json``. With ``filter`` (a filter spec such as
     ``adapter:PATH``), each retriever's top ``filter_depth`` pass through it and the
-    set metrics (precision, recall, F1 of the returned sets) are added.
+    set metrics (precision, recall, F1 of the returned sets) are added. ``device`` is where
+    the retrievers' exact scoring stages run.
     """
     if filter is not None:
         metrics = [*metrics, *(m for m in FILTER_METRICS if m not in metrics)]
@@ -63,7 +64,7 @@ def evaluate(
     results = []
     for item in retrievers:
         start = time.perf_counter()
-        retriever = build_retriever(item, dataset.corpus, depth=k) if isinstance(item, str) else item
+        retriever = build_retriever(item, dataset.corpus, depth=k, device=device) if isinstance(item, str) else item
         if filter is not None:
             from retr.retriever.relevance_filter import FilteredRetriever
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
-from retr.indexers.maxsim import top_k
+from retr.scoring import top_k
 from retr.sparse import CsrArrays, align, as_sparse
 from retr.storage import StringArray
 
@@ -26,28 +26,35 @@ class ExhaustiveSparseIndex:
     kind = "sparse"
 
     def __init__(self) -> None:
-        self._matrix: Any = None
+        self._blocks: list[Any] = []  # CSR blocks as added, stacked once when searched or saved
+        self._rows = 0
         self._vocab: list[str] | None = None
 
     def config(self) -> dict[str, Any]:
         return {}
 
     def __len__(self) -> int:
-        return 0 if self._matrix is None else self._matrix.shape[0]
+        return self._rows
 
-    def add(self, reps: Any) -> None:
+    @property
+    def _matrix(self) -> Any:
+        """All rows as one CSR matrix over the whole vocabulary (blocks stacked on first use)."""
         from scipy.sparse import csr_matrix, vstack
 
+        if len(self._blocks) != 1 or self._blocks[0].shape[1] != len(self._vocab or ()):
+            width = len(self._vocab or ())
+            grown = [csr_matrix((b.data, b.indices, b.indptr), shape=(b.shape[0], width)) for b in self._blocks]
+            self._blocks = [vstack(grown, format="csr") if grown else csr_matrix((0, width), dtype=np.float32)]
+        return self._blocks[0]
+
+    def add(self, reps: Any) -> None:
         vectors = as_sparse(reps, f"adding to a {self.name} index")
         if self._vocab is None:
             self._vocab = list(vectors.vocab)
-        elif list(vectors.vocab) != self._vocab:
-            grown = self._vocab + sorted(set(vectors.vocab) - set(self._vocab))
-            m = self._matrix
-            self._matrix = csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], len(grown)))
-            self._vocab = grown
-        new = align(vectors, self._vocab)
-        self._matrix = new.tocsr() if self._matrix is None else vstack([self._matrix, new], format="csr")
+        elif list(vectors.vocab) != self._vocab:  # new terms get new columns; earlier blocks widen when stacked
+            self._vocab = self._vocab + sorted(set(vectors.vocab) - set(self._vocab))
+        self._blocks.append(align(vectors, self._vocab).tocsr())
+        self._rows += len(vectors)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not len(self):
@@ -73,5 +80,6 @@ class ExhaustiveSparseIndex:
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> "ExhaustiveSparseIndex":
         index = cls(**config)
         index._vocab = list(StringArray.load(directory, "vocab"))
-        index._matrix = CsrArrays.load(directory, "docs", count, len(index._vocab)).rows()
+        index._blocks = [CsrArrays.load(directory, "docs", count, len(index._vocab)).rows()]
+        index._rows = count
         return index

@@ -1,7 +1,10 @@
-"""Dense vectors in FAISS: exhaustive inner product, HNSW graph, IVF inverted lists.
+"""Dense vectors: exact flat search (our own memory-mapped matrix), and FAISS's HNSW graph and IVF lists.
 
 Scores are inner products; an encoder that normalises its vectors makes them cosines.
-The FAISS file is FAISS's own format (``faiss.index``), which loads without running code.
+``flat`` keeps ``vectors.npy`` and searches it with the device's exact scorer (FAISS's BLAS
+search on the CPU, torch on a GPU). ``hnsw`` and ``ivf`` are FAISS indexes in FAISS's own
+file format (``faiss.index``), which loads without running code; IVF's inverted lists are
+memory-mapped on load, HNSW's graph needs RAM.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
+from retr.indexers.vectors import VectorStore
 from retr.progress import progress_bar
 
 FAISS_FILE = "faiss.index"
 ADD_CHUNK = 1 << 16  # vectors per FAISS add call, so the progress bar moves
+POINTS_PER_CELL = 64  # k-means training points per IVF cell (FAISS's guidance: 39 to 256)
 
 
 def _faiss() -> Any:
@@ -42,6 +47,54 @@ def as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
     return x
 
 
+def auto_nlist(n: int) -> int:
+    """About 4 * sqrt(n) cells, with at least 39 training points each."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+class FlatIndex:
+    """Exhaustive inner-product search: exact, the reference for every approximate index."""
+
+    name = "flat"
+    kind = "dense"
+
+    def __init__(self) -> None:
+        self.store = VectorStore()
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def dim(self) -> int | None:
+        return self.store.dim
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def stage(self, directory: Path) -> None:
+        self.store.stage(directory)
+
+    def use_device(self, device: str) -> None:
+        self.store.use_device(device)
+
+    def add(self, vectors: Any) -> None:
+        self.store.add(as_matrix(vectors, self.dim, f"adding to a {self.name} index"))
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self) == 0:
+            raise RetrError("the index is empty: add documents before searching")
+        return self.store.search(as_matrix(queries, self.dim, f"searching a {self.name} index"), k)
+
+    def save(self, directory: Path) -> None:
+        self.store.save(directory)
+
+    @classmethod
+    def load(cls, directory: Path, config: dict[str, Any], count: int) -> "FlatIndex":
+        index = cls(**config)
+        index.store = VectorStore.load(directory, count)
+        return index
+
+
 class FaissIndex(ABC):
     """Base for the FAISS-backed dense indexes; subclasses say how the index is made."""
 
@@ -56,8 +109,8 @@ class FaissIndex(ABC):
         return {}
 
     @abstractmethod
-    def _make(self, dim: int, train: np.ndarray) -> Any:
-        """A new, trained, empty FAISS index for vectors of width ``dim``."""
+    def _make(self, dim: int, train: np.ndarray | None, n: int) -> Any:
+        """A new, trained, empty FAISS index for ``dim``-d vectors (``train``: a sample of the ``n`` to come)."""
 
     def _tune(self) -> None:
         """Apply search-time settings to the FAISS index."""
@@ -65,12 +118,21 @@ class FaissIndex(ABC):
     def __len__(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
 
+    @property
+    def trained(self) -> bool:
+        return self._index is not None
+
+    def train(self, vectors: Any, n: int) -> None:
+        """Make the index from a sample of the corpus (``n`` documents in all)."""
+        x = as_matrix(vectors, self.dim, f"training a {self.name} index")
+        self.dim = x.shape[1]
+        self._index = self._make(self.dim, x, n)
+        self._tune()
+
     def add(self, vectors: Any) -> None:
         x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
-        if self._index is None:
-            self.dim = x.shape[1]
-            self._index = self._make(self.dim, x)
-            self._tune()
+        if self._index is None:  # not trained on a sample first: train on these
+            self.train(x, len(x))
         with progress_bar(total=len(x), desc=f"adding to {self.name}", unit="vec") as bar:
             for start in range(0, len(x), ADD_CHUNK):
                 self._index.add(x[start : start + ADD_CHUNK])
@@ -87,12 +149,15 @@ class FaissIndex(ABC):
     def save(self, directory: Path) -> None:
         _faiss().write_index(self._index, str(directory / FAISS_FILE))
 
+    memory_mapped = False  # open the FAISS file memory-mapped (IVF lists) instead of reading it into RAM
+
     @classmethod
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> "FaissIndex":
         faiss = _faiss()
         index = cls(**config)
         try:
-            index._index = faiss.read_index(str(directory / FAISS_FILE))
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if cls.memory_mapped else 0
+            index._index = faiss.read_index(str(directory / FAISS_FILE), flags)
         except RuntimeError as exc:
             raise RetrError(f"cannot read {directory / FAISS_FILE}: {exc}; rebuild the index") from None
         if index._index.ntotal != count:
@@ -102,17 +167,8 @@ class FaissIndex(ABC):
         return index
 
 
-class FlatIndex(FaissIndex):
-    """Exhaustive inner-product search: exact, the reference for every approximate index."""
-
-    name = "flat"
-
-    def _make(self, dim: int, train: np.ndarray) -> Any:
-        return _faiss().IndexFlatIP(dim)
-
-
 class HNSWIndex(FaissIndex):
-    """Hierarchical navigable small-world graph (FAISS ``IndexHNSWFlat``, inner product)."""
+    """Hierarchical navigable small-world graph (FAISS ``IndexHNSWFlat``, inner product); needs no training."""
 
     name = "hnsw"
 
@@ -125,7 +181,7 @@ class HNSWIndex(FaissIndex):
     def config(self) -> dict[str, Any]:
         return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
 
-    def _make(self, dim: int, train: np.ndarray) -> Any:
+    def _make(self, dim: int, train: np.ndarray | None, n: int) -> Any:
         faiss = _faiss()
         index = faiss.IndexHNSWFlat(dim, self.M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
@@ -136,12 +192,14 @@ class HNSWIndex(FaissIndex):
 
 
 class IVFIndex(FaissIndex):
-    """Inverted file over k-means cells (FAISS ``IndexIVFFlat``), trained on the first vectors added.
+    """Inverted file over k-means cells (FAISS ``IndexIVFFlat``), trained on a sample of the corpus.
 
-    ``nlist=0`` picks about 4·sqrt(n) cells, capped so each has at least 39 training points.
+    ``nlist=0`` picks about 4·sqrt(n) cells for n documents; k-means trains on ``POINTS_PER_CELL``
+    sampled vectors a cell. The inverted lists are memory-mapped when the index is opened.
     """
 
     name = "ivf"
+    memory_mapped = True
 
     def __init__(self, nlist: int = 0, nprobe: int = 16) -> None:
         super().__init__()
@@ -152,14 +210,17 @@ class IVFIndex(FaissIndex):
     def config(self) -> dict[str, Any]:
         return {"nlist": self.nlist, "nprobe": self.nprobe}
 
-    def _make(self, dim: int, train: np.ndarray) -> Any:
+    def training_size(self, n: int) -> int:
+        return min(n, (self.nlist or auto_nlist(n)) * POINTS_PER_CELL)
+
+    def _make(self, dim: int, train: np.ndarray | None, n: int) -> Any:
         faiss = _faiss()
-        n = len(train)
         if self.nlist == 0:
-            self.nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        if n < self.nlist:
-            raise RetrError(f"ivf with nlist={self.nlist} needs at least {self.nlist} vectors to train, got {n}")
+            self.nlist = auto_nlist(n)
+        if len(train) < self.nlist:
+            raise RetrError(f"ivf with nlist={self.nlist} needs at least {self.nlist} vectors to train, got {len(train)}")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # small corpora: fewer than 39 points a cell, without warnings
         index.train(train)
         return index
 

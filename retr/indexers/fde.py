@@ -19,6 +19,9 @@ import numpy as np
 
 from retr.errors import RetrError
 
+GROUP_TOKENS = 1 << 13  # tokens encoded together (bounds the (tokens, r_reps, buckets) distance table)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.uint8)
+
 
 @dataclass
 class FDE:
@@ -37,6 +40,7 @@ class FDE:
     sketch_sign: np.ndarray | None = field(default=None, init=False, repr=False)
     _planes: np.ndarray = field(init=False, repr=False)  # (dim, r_reps * k_sim): one product for all repetitions
     _proj: np.ndarray | None = field(default=None, init=False, repr=False)  # (dim, r_reps * d_proj); None: identity
+    _sketch_matrix: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.r_reps < 1 or not 0 <= self.k_sim <= 16 or self.d_proj < 1 or self.final_dim < 0:
@@ -82,37 +86,72 @@ class FDE:
         return (tokens @ self._proj).reshape(len(tokens), self.r_reps, self.d_proj)
 
     def encode(self, token_sets: Sequence[np.ndarray], query: bool) -> np.ndarray:
-        """(len(token_sets), width) float32 encodings of queries (sums) or documents (averages)."""
+        """(len(token_sets), width) float32 encodings of queries (sums) or documents (averages).
+
+        Vectorised over all the texts of a group (at most ``GROUP_TOKENS`` tokens): bucket sums by
+        ``np.bincount``, the Hamming-nearest token of each empty bucket by a segment minimum.
+        """
         out = np.zeros((len(token_sets), self.width), dtype=np.float32)
-        for i, tokens in enumerate(token_sets):
-            out[i] = self._encode_one(np.asarray(tokens, dtype=np.float32), query)
+        start = 0
+        while start < len(token_sets):
+            end, tokens = start + 1, len(token_sets[start])
+            while end < len(token_sets) and tokens + len(token_sets[end]) <= GROUP_TOKENS:
+                tokens += len(token_sets[end])
+                end += 1
+            out[start:end] = self._encode_group([np.asarray(t, dtype=np.float32) for t in token_sets[start:end]], query)
+            start = end
         return out
 
-    def _encode_one(self, tokens: np.ndarray, query: bool) -> np.ndarray:
-        n, R, B = len(tokens), self.r_reps, self.buckets
-        blocks = np.zeros((R, B, self.d_proj), dtype=np.float32)
-        if n:
-            ids = self.bucket_ids(tokens)  # (n, R)
-            projected = self.project(tokens)  # (n, R, d_proj)
-            flat = (np.arange(R)[None, :] * B + ids).ravel()
-            np.add.at(blocks.reshape(R * B, -1), flat, projected.reshape(n * R, -1))
+    def _encode_group(self, sets: list[np.ndarray], query: bool) -> np.ndarray:
+        n, R, B, P = len(sets), self.r_reps, self.buckets, self.d_proj
+        lengths = np.array([len(t) for t in sets], dtype=np.int64)
+        blocks = np.zeros((n * R * B, P), dtype=np.float32)
+        total = int(lengths.sum())
+        if total:
+            tokens = np.concatenate([t for t in sets if len(t)])
+            ids = self.bucket_ids(tokens)  # (T, R)
+            projected = np.ascontiguousarray(self.project(tokens))  # (T, R, P)
+            doc = np.repeat(np.arange(n), lengths)
+            flat = ((doc[:, None] * R + np.arange(R)[None, :]) * B + ids).ravel()  # block of each (token, r)
+            rows = projected.reshape(total * R, P)
+            for p in range(P):
+                blocks[:, p] = np.bincount(flat, weights=rows[:, p], minlength=n * R * B)
             if not query:
-                counts = np.bincount(flat, minlength=R * B).reshape(R, B)
-                blocks /= np.maximum(counts, 1)[..., None]
+                counts = np.bincount(flat, minlength=n * R * B)
+                blocks /= np.maximum(counts, 1)[:, None]
                 if self.fill_empty and (counts == 0).any():
-                    self._fill(blocks, counts, ids, projected)
-        encoding = blocks.ravel()
+                    self._fill(blocks.reshape(n, R, B, P), counts.reshape(n, R, B), ids, projected, lengths)
+        encoding = blocks.reshape(n, R * B * P)
         if self.final_dim:
-            encoding = np.bincount(self.sketch_index, weights=encoding * self.sketch_sign, minlength=self.final_dim)
-        return encoding.astype(np.float32, copy=False)
+            encoding = np.asarray(encoding @ self._sketch(), dtype=np.float32)
+        return encoding
 
-    def _fill(self, blocks: np.ndarray, counts: np.ndarray, ids: np.ndarray, projected: np.ndarray) -> None:
-        """Empty bucket b of repetition r <- the token whose bucket id is nearest to b in Hamming distance."""
-        xor = ids[:, :, None] ^ np.arange(self.buckets)[None, None, :]  # (n, R, B)
-        hamming = np.unpackbits(xor.astype(">u2").view(np.uint8).reshape(*xor.shape, 2), axis=-1).sum(-1)
-        nearest = hamming.argmin(axis=0)  # (R, B): first token at least distance
-        r_idx, b_idx = np.nonzero(counts == 0)
-        blocks[r_idx, b_idx] = projected[nearest[r_idx, b_idx], r_idx]
+    def _fill(self, blocks: np.ndarray, counts: np.ndarray, ids: np.ndarray, projected: np.ndarray,
+              lengths: np.ndarray) -> None:
+        """Empty bucket b of repetition r <- the document's first token whose bucket id is nearest to b (Hamming)."""
+        R, B = self.r_reps, self.buckets
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        local = np.arange(len(ids)) - np.repeat(starts, lengths)
+        shift = int(lengths.max()).bit_length()  # a key: distance above the token's place in its document
+        kind = np.int32 if shift + 5 < 31 else np.int64
+        hamming = _POPCOUNT[ids[:, :, None] ^ np.arange(B)[None, None, :]].astype(kind)  # (T, R, B)
+        key = (hamming << shift) | local.astype(kind)[:, None, None]  # least distance, then first token
+        docs = np.flatnonzero(lengths > 0)
+        best = np.minimum.reduceat(key.reshape(len(ids), R * B), starts[docs], axis=0)  # (docs with tokens, R * B)
+        token = (best & ((1 << shift) - 1)) + starts[docs][:, None]
+        empty = counts[docs].reshape(len(docs), R * B) == 0
+        d_idx, rb = np.nonzero(empty)
+        blocks[docs[d_idx], rb // B, rb % B] = projected[token[d_idx, rb], rb // B]
+
+    def _sketch(self) -> object:
+        """The count-sketch as a sparse (width before sketch, final_dim) matrix of signs."""
+        from scipy.sparse import csr_matrix
+
+        if self._sketch_matrix is None:
+            n = self.width_before_sketch
+            self._sketch_matrix = csr_matrix((self.sketch_sign, (np.arange(n), self.sketch_index)),
+                                             shape=(n, self.final_dim), dtype=np.float32)
+        return self._sketch_matrix
 
 
 def chamfer(query: np.ndarray, doc: np.ndarray) -> float:

@@ -43,6 +43,7 @@ class LuceneIndex:
             raise RetrError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self.kind, self.k1, self.b, self.threads = kind, float(k1), float(b), int(threads)
         self._work: Path | None = None  # staging area for an index being built
+        self._temporary = False  # the staging area is a temporary directory of ours (an in-memory build)
         self._count = 0
         self._built: Path | None = None
         self._searcher: Any = None
@@ -66,12 +67,18 @@ class LuceneIndex:
                 for i, vector in enumerate(vectors.to_dicts(), start=self._count)]
         return docs, len(vectors)
 
+    def stage(self, directory: Path) -> None:
+        """Build the Lucene directory inside ``directory`` (an index being written) instead of a temporary one."""
+        if self._count:
+            raise RetrError("a lucene index can be staged on disk only before documents are added")
+        self._work = directory
+
     def add(self, reps: Any) -> None:
         """Index ``reps`` now (appending to what is there), under ids continuing from ``len(self)``."""
         if self._work is None:
             if self._built is not None:
                 raise RetrError("this Lucene index was opened from disk and is read-only; rebuild it to add documents")
-            self._work = Path(tempfile.mkdtemp(prefix="retr-lucene-"))
+            self._work, self._temporary = Path(tempfile.mkdtemp(prefix="retr-lucene-")), True
         docs, count = self._documents(reps)
         staged = self._work / f"docs-{self._count}"
         staged.mkdir()
@@ -96,7 +103,8 @@ class LuceneIndex:
         return self._built
 
     def save(self, directory: Path) -> None:
-        shutil.copytree(self._directory(), directory / LUCENE_DIR)
+        if Path(directory).absolute() != self._directory().parent.absolute():  # not built in place
+            shutil.copytree(self._directory(), directory / LUCENE_DIR)
 
     @classmethod
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> "LuceneIndex":
@@ -160,5 +168,5 @@ class LuceneIndex:
         return scores, ids
 
     def __del__(self) -> None:
-        if getattr(self, "_work", None) is not None:
+        if getattr(self, "_temporary", False) and self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)

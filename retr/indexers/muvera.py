@@ -1,9 +1,11 @@
 """MUVERA: multi-vector search as one single-vector search, then exact MaxSim reranking.
 
 Documents' token sets become fixed dimensional encodings (``retr.indexers.fde``) held
-by any dense index (``inner``: flat, hnsw, ivf, ...); a query's encoding retrieves
+by any dense index (``inner``: flat, hnsw, ivf, pq, ivfpq, ...); a query's encoding retrieves
 ``candidates`` documents, which are rescored by exact MaxSim over the stored token
-vectors (float16, or ``dtype=float32`` to skip widening them at query time, as in ``maxsim``).
+vectors (float16, or ``dtype=float32`` to skip widening them at query time, as in ``maxsim``)
+on the device the index was opened on. An inner index that trains (PQ: the paper's FDE
+compression) trains on the encodings of a sample of the corpus.
 Settings of the inner index are passed with an ``inner_`` prefix:
 ``muvera:inner=hnsw,inner_ef_search=256,candidates=200``.
 """
@@ -17,7 +19,7 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.indexers.fde import FDE
-from retr.indexers.maxsim import ExactMultiVectorIndex, as_token_matrices, top_k
+from retr.indexers.maxsim import ExactMultiVectorIndex, as_token_matrices
 from retr.progress import progress_bar
 from retr.registry import INDEXES
 
@@ -69,16 +71,45 @@ class MuveraIndex:
     def __len__(self) -> int:
         return len(self._store)
 
-    def add(self, reps: Any) -> None:
-        docs = as_token_matrices(reps, self.dim, f"adding to a {self.name} index")
-        self._store.add(docs)
-        fde = self.fde()
+    @property
+    def trained(self) -> bool:
+        return getattr(self._inner, "trained", True)
+
+    def training_size(self, n: int) -> int:
+        """The inner index's sample (0 when it does not train: flat, hnsw)."""
+        return self._inner.training_size(n) if hasattr(self._inner, "training_size") else 0
+
+    def train(self, reps: Any, n: int) -> None:
+        """Train the inner index on the encodings of a sample of the corpus (``n`` documents in all)."""
+        docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")
+        if self._fde is None and docs:
+            self._fde = FDE(docs[0].shape[1], **self.fde_settings)
+        self._inner.train(self._encode(docs), n)
+
+    def stage(self, directory: Path) -> None:
+        self._store.stage(directory)
+        if hasattr(self._inner, "stage"):
+            (directory / FDE_DIR).mkdir(exist_ok=True)
+            self._inner.stage(directory / FDE_DIR)
+
+    def use_device(self, device: str) -> None:
+        self._store.use_device(device)
+        if hasattr(self._inner, "use_device"):
+            self._inner.use_device(device)
+
+    def _encode(self, docs: list[np.ndarray]) -> np.ndarray:
+        fde = self.fde() if self.dim is not None else self._fde
         encoded = np.zeros((len(docs), fde.width), dtype=np.float32)
         with progress_bar(total=len(docs), desc="encoding FDEs", unit="doc") as bar:
             for start in range(0, len(docs), ENCODE_CHUNK):
                 encoded[start : start + ENCODE_CHUNK] = fde.encode(docs[start : start + ENCODE_CHUNK], query=False)
                 bar.update(min(ENCODE_CHUNK, len(docs) - start))
-        self._inner.add(encoded)
+        return encoded
+
+    def add(self, reps: Any) -> None:
+        docs = as_token_matrices(reps, self.dim, f"adding to a {self.name} index")
+        self._store.add(docs)
+        self._inner.add(self._encode(docs))
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self) == 0:
@@ -88,19 +119,11 @@ class MuveraIndex:
         fde_scores, candidates = self._inner.search(self.fde().encode(qs, query=True), depth)
         if not self.rerank:
             return fde_scores, candidates
-        scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(qs), k), -1, dtype=np.int64)
-        for row, (query, cand) in enumerate(zip(qs, candidates)):
-            cand = cand[cand >= 0]
-            exact = self._store.rescore(query, cand)
-            s, order = top_k(exact[None, :], k)
-            found = order[0] >= 0
-            scores[row, found], ids[row, found] = s[0, found], cand[order[0, found]]
-        return scores, ids
+        return self._store.rerank(qs, candidates, k)
 
     def save(self, directory: Path) -> None:
         self._store.save(directory)
-        (directory / FDE_DIR).mkdir()
+        (directory / FDE_DIR).mkdir(exist_ok=True)
         self._inner.save(directory / FDE_DIR)
 
     @classmethod

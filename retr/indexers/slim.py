@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
-from retr.indexers.maxsim import token_rows, top_k
+from retr.scoring import token_rows, top_k
 from retr.registry import INDEXES, Spec, create_index
 from retr.sparse import CsrArrays, SparseVectors, align, as_sparse, pool, quantize, top_terms
 from retr.storage import StringArray, load_array, save_array
@@ -68,7 +68,7 @@ class SlimIndex:
                                    "sparse")
         if self._inner.kind != "sparse":
             raise RetrError(f"slim's inner index must hold sparse vectors; {inner!r} holds {self._inner.kind}")
-        self._tokens: CsrArrays | None = None  # every document token's sparse vector
+        self._token_blocks: list[CsrArrays] = []  # every document token's sparse vector, joined on first use
         self._offsets = np.zeros(1, dtype=np.int64)
         self._vocab: list[str] | None = None
 
@@ -86,10 +86,16 @@ class SlimIndex:
         if self._vocab is None:
             self._vocab = list(vectors.vocab)
         tokens = CsrArrays.of(align(vectors, self._vocab), weights=np.float16)
-        self._tokens = tokens if self._tokens is None else self._tokens.concat(tokens)
+        self._token_blocks.append(tokens)
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + vectors.offsets[1:]])
         pooled = quantize(pool(tokens.rows(), vectors.offsets, "max"), self.scale)
         self._inner.add(SparseVectors(pooled, self._vocab))
+
+    @property
+    def _tokens(self) -> CsrArrays:
+        if len(self._token_blocks) > 1:
+            self._token_blocks = [CsrArrays.join(self._token_blocks)]
+        return self._token_blocks[0]
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self) == 0:
@@ -130,7 +136,7 @@ class SlimIndex:
         index._offsets = load_array(directory / OFFSETS_FILE)
         if index._offsets.ndim != 1 or len(index._offsets) != count + 1:
             raise RetrError(f"{directory}: offsets describe {len(index._offsets) - 1} documents, the manifest {count}")
-        index._tokens = CsrArrays.load(directory, "tokens", int(index._offsets[-1]), len(index._vocab))
+        index._token_blocks = [CsrArrays.load(directory, "tokens", int(index._offsets[-1]), len(index._vocab))]
         inner_config = {**index._inner.config(), **{k[len("inner_"):]: v for k, v in config.items()
                                                     if k.startswith("inner_")}}
         index._inner = INDEXES.get(index.inner_name).load(directory / INNER_DIR, inner_config, count)

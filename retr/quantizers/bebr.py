@@ -181,21 +181,26 @@ class BEBRQuantizer:
     name = "bebr"
 
     def __init__(self, u: int = 4, bits: int = 0, hidden: int = 0, blocks: int = 1, epochs: int = 30,
-                 batch_size: int = 256, lr: float = 1e-3, temperature: float = 0.05, seed: int = 42) -> None:
+                 batch_size: int = 256, lr: float = 1e-3, temperature: float = 0.05, sample: int = 16384,
+                 seed: int = 42) -> None:
         if u not in (1, 2, 4, 8):
             raise RetrError(f"bebr needs u in 1, 2, 4, 8 (whole dimensions per code byte), got {u}")
-        if bits < 0 or hidden < 0 or blocks < 1 or epochs < 0 or batch_size < 2 or lr <= 0 or temperature <= 0:
-            raise RetrError("bebr needs bits >= 0, hidden >= 0, blocks >= 1, epochs >= 0, batch_size >= 2, lr > 0, temperature > 0")
+        if (bits < 0 or hidden < 0 or blocks < 1 or epochs < 0 or batch_size < 2 or lr <= 0 or temperature <= 0
+                or sample < 2):
+            raise RetrError("bebr needs bits >= 0, hidden >= 0, blocks >= 1, epochs >= 0, batch_size >= 2, lr > 0, "
+                            "temperature > 0, sample >= 2")
         if bits and bits * u % 8:
             raise RetrError(f"bebr: bits * u must be a multiple of 8, got bits={bits}, u={u}")
         self.u, self.bits, self.hidden, self.blocks, self.epochs = int(u), int(bits), int(hidden), int(blocks), int(epochs)
         self.batch_size, self.lr, self.temperature, self.seed = int(batch_size), float(lr), float(temperature), int(seed)
+        self.sample = int(sample)
         self.model: Any = None
         self.losses: list[float] = []  # mean training loss per epoch
 
     def config(self) -> dict[str, Any]:
         return {"u": self.u, "bits": self.bits, "hidden": self.hidden, "blocks": self.blocks, "epochs": self.epochs,
-                "batch_size": self.batch_size, "lr": self.lr, "temperature": self.temperature, "seed": self.seed}
+                "batch_size": self.batch_size, "lr": self.lr, "temperature": self.temperature, "sample": self.sample,
+                "seed": self.seed}
 
     @property
     def trained(self) -> bool:
@@ -232,11 +237,17 @@ class BEBRQuantizer:
         torch.manual_seed(self.seed)
         return _model_class()(dim, self.u, self.hidden or dim, self.blocks)
 
-    def train(self, vectors: np.ndarray) -> None:
-        """Fit the binarizer on ``vectors`` themselves (embedding-to-embedding, no labels)."""
+    def sample_size(self, n: int) -> int:
+        """Vectors to train on: at most ``sample``, so training costs the same for any corpus size."""
+        return min(n, self.sample)
+
+    def train(self, vectors: np.ndarray, n: int | None = None) -> None:
+        """Fit the binarizer on ``vectors`` themselves (embedding-to-embedding, no labels), at most ``sample`` of them."""
         import torch
 
         x = check_vectors(vectors, None, "training the bebr quantizer")
+        if len(x) > self.sample:  # a seeded subsample: the cost stays bounded whoever calls
+            x = x[np.sort(np.random.default_rng(self.seed).choice(len(x), self.sample, replace=False))]
         model = self._new_model(x.shape[1])
         data = torch.from_numpy(x)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=0.0)

@@ -39,6 +39,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.eval.datasets import Dataset
 from retr.progress import progress_bar
+from retr.storage import GrowingArray
 
 QUERY_ENCODER_DIR, CENTROIDS_FILE, STATE_FILE = "query_encoder", "centroids.safetensors", "jpq.json"
 
@@ -200,7 +201,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
 
     index = JPQIndex(M=source.quantizer.M, nbits=8)
     index.quantizer.codec = faiss.clone_index(source.quantizer.codec)
-    index._codes = source.codes
+    index._codes = GrowingArray.of(source.codes)
     if isinstance(source, JPQIndex) and source.query_encoder is not None:
         model = source.query_encoder.model
     else:

@@ -12,7 +12,6 @@ The codec is saved as FAISS's own file format (``codec.faiss``), never pickled.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
+from retr.indexers.faiss_index import auto_nlist
 
 CODEC_FILE = "codec.faiss"
 CHUNK = 1 << 16  # vectors encoded or decoded per FAISS call
+POINTS_PER_CENTROID = 256  # PQ codebook training points a centroid: FAISS's own cap (its guidance: 39 to 256)
+IVF_POINTS_PER_CELL = 64  # coarse k-means training points a cell (FAISS's guidance: 39 to 256)
 
 
 def _faiss() -> Any:
@@ -60,9 +62,11 @@ class FaissQuantizer(ABC):
     def __init__(self) -> None:
         self.codec: Any = None  # the trained, empty FAISS index
 
+    nbits = 8
+
     @abstractmethod
-    def factory(self, dim: int, n_train: int) -> str:
-        """The FAISS ``index_factory`` string for ``dim``-d vectors, ``n_train`` of them to train on."""
+    def factory(self, dim: int, n: int, n_train: int) -> str:
+        """The FAISS ``index_factory`` string for ``dim``-d vectors, ``n`` in the corpus, ``n_train`` to train on."""
 
     def config(self) -> dict[str, Any]:
         return {}
@@ -84,11 +88,16 @@ class FaissQuantizer(ABC):
             raise RetrError(f"the {self.name} quantizer is not trained: call train() (or add vectors) first")
         return self.codec
 
-    def train(self, vectors: np.ndarray) -> None:
-        """Learn the codebooks (and rotation / coarse cells) from ``vectors``."""
+    def sample_size(self, n: int) -> int:
+        """Vectors to train on for a corpus of ``n``: 256 a codebook centroid, never more than ``n``."""
+        return min(n, POINTS_PER_CENTROID << self.nbits)
+
+    def train(self, vectors: np.ndarray, n: int | None = None) -> None:
+        """Learn the codebooks (and rotation / coarse cells) from ``vectors``, a sample of ``n`` (default: all)."""
         faiss = _faiss()
         x = check_vectors(vectors, None, f"training the {self.name} quantizer")
-        codec = faiss.index_factory(x.shape[1], self.factory(x.shape[1], len(x)), faiss.METRIC_INNER_PRODUCT)
+        codec = faiss.index_factory(x.shape[1], self.factory(x.shape[1], n or len(x), len(x)),
+                                    faiss.METRIC_INNER_PRODUCT)
         self._configure(codec)
         codec.train(x)
         self.codec = codec
@@ -178,7 +187,7 @@ class PQQuantizer(FaissQuantizer):
     def config(self) -> dict[str, Any]:
         return {"M": self.M, "nbits": self.nbits}
 
-    def factory(self, dim: int, n_train: int) -> str:
+    def factory(self, dim: int, n: int, n_train: int) -> str:
         _check_pq(dim, self.M, self.nbits, self.name)
         return f"PQ{self.M}x{self.nbits}np"
 
@@ -207,14 +216,9 @@ class OPQQuantizer(PQQuantizer):
         faiss = _faiss()
         faiss.downcast_VectorTransform(faiss.downcast_index(codec).chain.at(0)).niter = self.niter
 
-    def factory(self, dim: int, n_train: int) -> str:
+    def factory(self, dim: int, n: int, n_train: int) -> str:
         _check_pq(dim, self.M, self.nbits, self.name)
         return f"OPQ{self.M},PQ{self.M}x{self.nbits}np"
-
-
-def auto_nlist(n: int) -> int:
-    """About 4 * sqrt(n) cells, with at least 39 training points each (as ``ivf`` does)."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
 class IVFPQQuantizer(FaissQuantizer):
@@ -235,10 +239,14 @@ class IVFPQQuantizer(FaissQuantizer):
     def config(self) -> dict[str, Any]:
         return {"nlist": self.nlist, "M": self.M, "nbits": self.nbits}
 
-    def factory(self, dim: int, n_train: int) -> str:
+    def sample_size(self, n: int) -> int:
+        """PQ's sample, or 64 points a coarse cell if that is more."""
+        return min(n, max(super().sample_size(n), (self.nlist or auto_nlist(n)) * IVF_POINTS_PER_CELL))
+
+    def factory(self, dim: int, n: int, n_train: int) -> str:
         _check_pq(dim, self.M, self.nbits, self.name)
         if self.nlist == 0:
-            self.nlist = auto_nlist(n_train)
+            self.nlist = auto_nlist(n)
         if n_train < self.nlist:
             raise RetrError(f"ivfpq with nlist={self.nlist} needs at least {self.nlist} vectors to train, got {n_train}")
         return f"IVF{self.nlist},PQ{self.M}x{self.nbits}np"

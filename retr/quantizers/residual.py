@@ -1,11 +1,13 @@
 """ColBERTv2 residual compression: nearest centroid id + a compressed residual, in one byte row.
 
-Spherical k-means (faiss) over a sample of the token vectors gives the centroids. Each
+Spherical k-means (``retr.quantizers.kmeans``: torch on a GPU, FAISS on the CPU) over a sample of
+the token vectors gives the centroids, with at least 39 training points a centroid (FAISS's
+guidance) and at most ``POINTS_PER_CENTROID``. Each
 vector is stored as one uint8 row (the ``Quantizer`` protocol's code): its nearest
 centroid's id, little-endian in 2 bytes (4 when there are more than 65,536 centroids),
 followed by its residual ``x - C[id]`` compressed one of two ways (``residual``):
 
-- ``bits`` (ColBERTv2): ``nbits`` (1 or 2) bits per dimension; the bucket cut-offs are
+- ``bits`` (ColBERTv2): ``nbits`` (1, 2 or 4) bits per dimension; the bucket cut-offs are
   quantiles of each dimension's residual distribution and a bucket decodes to its
   mid-quantile value (its "weight"). Bits are packed with ``np.packbits``: a 384-d vector
   costs 2 + 96 bytes at 2 bits (768 as float16).
@@ -18,11 +20,12 @@ followed by its residual ``x - C[id]`` compressed one of two ways (``residual``)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from retr.errors import RetrError
+from retr.quantizers.kmeans import normalize_rows, spherical_kmeans
 from retr.storage import load_array, save_array
 
 CENTROIDS_FILE, CUTOFFS_FILE, WEIGHTS_FILE = "centroids.npy", "cutoffs.npy", "weights.npy"
@@ -31,12 +34,18 @@ RESIDUALS = ("bits", "pq")
 PQ_BITS = 8  # bits per product-quantizer sub-code: one byte, 256 codewords per sub-space
 PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (faiss trains slowly on more)
 CHUNK = 16384  # vectors encoded or decoded at once
+MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points a centroid
+POINTS_PER_CENTROID = 64  # training points a centroid, at most (the sample is drawn down to this)
+NBITS = (1, 2, 4)
 
 
-def auto_centroids(n_tokens: int) -> int:
-    """The next power of two of 16 * sqrt(n_tokens), at most n_tokens."""
+def auto_centroids(n_tokens: int, n_train: int | None = None) -> int:
+    """The next power of two of 16 * sqrt(n_tokens), lowered to a power of two with >= 39 of ``n_train`` points each."""
     target = max(1.0, 16 * np.sqrt(max(n_tokens, 1)))
-    return int(max(1, min(n_tokens, 1 << int(np.ceil(np.log2(target))))))
+    k = 1 << int(np.ceil(np.log2(target)))
+    n_train = n_tokens if n_train is None else n_train
+    cap = max(1, n_train // MIN_POINTS_PER_CENTROID)
+    return int(min(k, 1 << int(np.floor(np.log2(cap)))))
 
 
 def id_bytes(n_centroids: int) -> int:
@@ -44,26 +53,22 @@ def id_bytes(n_centroids: int) -> int:
     return 2 if n_centroids <= 1 << 16 else 4
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 class ResidualQuantizer:
     """Centroid id + per-dimension residual bits (``residual=bits``) or residual PQ (``residual=pq``)."""
 
     name = "residual"
 
-    def __init__(self, nbits: int = 2, n_centroids: int = 0, niter: int = 10, sample: int = 65536,
+    def __init__(self, nbits: int = 2, n_centroids: int = 0, niter: int = 10, sample: int = 0,
                  seed: int = 42, residual: str = "bits", m: int = 0) -> None:
         if residual not in RESIDUALS:
             raise RetrError(f"residual quantizer: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
-        if residual == "bits" and nbits not in (1, 2):
-            raise RetrError(f"residual quantizer needs nbits 1 or 2, got {nbits}")
+        if residual == "bits" and nbits not in NBITS:
+            raise RetrError(f"residual quantizer needs nbits 1, 2 or 4, got {nbits}")
         if residual == "pq" and m < 1:
             raise RetrError("residual quantizer with residual=pq needs m >= 1 sub-vectors (m must divide the dimension)")
-        if n_centroids < 0 or niter < 1 or sample < 1:
-            raise RetrError("residual quantizer needs n_centroids >= 0 (0 = auto), niter >= 1 and sample >= 1")
+        if n_centroids < 0 or niter < 1 or sample < 0:
+            raise RetrError("residual quantizer needs n_centroids >= 0 (0 = auto), niter >= 1 and sample >= 0 "
+                            "(0 = 64 points a centroid)")
         self.nbits, self.n_centroids, self.niter, self.sample, self.seed = (
             int(nbits), int(n_centroids), int(niter), int(sample), int(seed))
         self.residual, self.m = residual, int(m)
@@ -121,21 +126,18 @@ class ResidualQuantizer:
             raise RetrError(f"{what}: vectors contain NaN or infinity")
         return np.ascontiguousarray(x)
 
-    def train(self, vectors: np.ndarray) -> None:
-        import faiss
-
+    def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:
+        """Centroids and residual codec from ``vectors``, a sample of ``n_total`` token vectors (default: all)."""
         x = self._check(vectors, "training the residual quantizer")
         if self.residual == "pq" and x.shape[1] % self.m:
             raise RetrError(f"residual quantizer: m={self.m} does not divide the dimension {x.shape[1]}")
         rng = np.random.default_rng(self.seed)
-        n_total = len(x)
-        if len(x) > self.sample:
-            x = x[np.sort(rng.choice(len(x), self.sample, replace=False))]
-        k = min(self.n_centroids or auto_centroids(n_total), len(x))
-        km = faiss.Kmeans(x.shape[1], k, niter=self.niter, spherical=True, seed=self.seed,
-                          max_points_per_centroid=1 << 30, verbose=False)
-        km.train(x)
-        self.centroids = _normalize(np.asarray(km.centroids, dtype=np.float32))
+        k = min(self.n_centroids or auto_centroids(n_total or len(x), len(x)), len(x))
+        points = self.sample or k * POINTS_PER_CENTROID
+        kmeans_points = x[np.sort(rng.choice(len(x), points, replace=False))] if len(x) > points else x
+        self.centroids = spherical_kmeans(kmeans_points, k, niter=self.niter, seed=self.seed)
+        if len(x) > max(points, PQ_SAMPLE):  # the residual codec's sample: as many, or PQ's if larger
+            x = x[np.sort(rng.choice(len(x), max(points, PQ_SAMPLE), replace=False))]
         residuals = x - self.centroids[self.assign(x)]
         if self.residual == "pq":
             if len(residuals) > PQ_SAMPLE:
@@ -201,7 +203,7 @@ class ResidualQuantizer:
         out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
         for s in range(0, len(ids), CHUNK):
             res = self._decode_residuals(np.asarray(codes[s : s + CHUNK, width:]))
-            out[s : s + CHUNK] = _normalize(c[ids[s : s + CHUNK]] + res)
+            out[s : s + CHUNK] = normalize_rows(c[ids[s : s + CHUNK]] + res)
         return out
 
     def _decode_residuals(self, packed: np.ndarray) -> np.ndarray:
@@ -214,6 +216,40 @@ class ResidualQuantizer:
         for b in range(1, self.nbits):
             buckets = (buckets << 1) | bits[:, :, b]
         return self.weights[np.arange(dim), buckets]
+
+    def torch_decoder(self, device: str) -> Callable[[Any], Any]:
+        """``decode`` in torch on ``device``: uint8 code tensors (..., code_size) -> float32 (..., dim), unit rows.
+
+        The same arithmetic as ``decode`` (bits unpacked most significant first, as ``np.packbits``
+        packed them), so a GPU scores PLAID's codes tile by tile without a decompressed copy.
+        """
+        import torch
+
+        c = self._need_trained()
+        centroids = torch.from_numpy(c).to(device)
+        dim, width = c.shape[1], self.id_size
+        if self.residual == "pq":
+            books = torch.from_numpy(self.codebooks).to(device)  # (m, 256, dim / m)
+            sub = torch.arange(len(books), device=device)
+        else:
+            levels = 1 << self.nbits
+            table = torch.from_numpy(self.weights).to(device).reshape(-1)  # weights[dim, bucket] flattened
+            base = torch.arange(dim, device=device) * levels
+            shifts = torch.arange(8 - self.nbits, -1, -self.nbits, device=device, dtype=torch.uint8)
+
+        def decode(codes: Any) -> Any:
+            lead, rows = codes.shape[:-1], codes.reshape(-1, codes.shape[-1])
+            ids = sum(rows[:, i].long() << (8 * i) for i in range(width))
+            packed = rows[:, width:]
+            if self.residual == "pq":
+                residual = books[sub, packed.long()].reshape(len(rows), dim)
+            else:
+                buckets = ((packed.unsqueeze(-1) >> shifts) & (levels - 1)).reshape(len(rows), -1)[:, :dim]
+                residual = table[base + buckets.long()]
+            vectors = torch.nn.functional.normalize(centroids[ids] + residual, dim=-1)
+            return vectors.reshape(*lead, dim)
+
+        return decode
 
     def save(self, directory: Path) -> None:
         self._need_trained()

@@ -1,21 +1,32 @@
 """An on-disk cache of encodings keyed by encoder identity and text hash.
 
-Each encoder gets a folder; each flush writes one shard (text hashes + vectors) through
-a temporary file and a rename, so an interrupted encoding keeps every shard it
-finished and a re-run encodes only what is missing.
+Each encoder (model + settings + role) gets a folder of shards. A shard is a folder of three
+``.npy`` files (text hashes, row offsets, rows) written under a temporary name and renamed
+into place, so an interrupted encoding keeps every shard it finished and a re-run encodes
+only what is missing. Shards are memory-mapped; the hashes of all shards are indexed once
+per process (24 bytes a text), so a build that asks for its texts a chunk at a time reads
+only the rows it needs and never holds the whole cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from retr.hashindex import HashIndex, hash_keys
 from retr.progress import progress_bar
+from retr.storage import load_array, save_array
+
+SHARD_FILES = ("keys.npy", "offsets.npy", "rows.npy")
+SHIFT = 32  # a cached text's location: shard number << SHIFT | row in the shard
+_OPEN: dict[tuple[str, str], "EmbeddingCache"] = {}
+_LOCK = threading.Lock()
 
 
 def cache_root() -> Path | None:
@@ -26,88 +37,108 @@ def cache_root() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "retr"
 
 
-def text_hashes(texts: Sequence[str]) -> np.ndarray:
-    """(n, 16) uint8: BLAKE2 of each text."""
-    out = np.empty((len(texts), 16), dtype=np.uint8)
-    for i, text in enumerate(texts):
-        out[i] = np.frombuffer(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest(), dtype=np.uint8)
-    return out
+def open_cache(key: str) -> "EmbeddingCache":
+    """The process's one cache object for ``key`` under the current cache root (its index is built once)."""
+    root = cache_root()
+    with _LOCK:
+        cache = _OPEN.get((str(root), key))
+        if cache is None:
+            cache = _OPEN[(str(root), key)] = EmbeddingCache(key, root)
+        return cache
 
 
 class EmbeddingCache:
     """Encodings of one encoder (one ``key``), looked up by text.
 
     An encoding is a (rows, dim) matrix: one row for a dense vector, one per token for
-    multi-vector encoders. Each shard holds text hashes, row offsets and the rows.
+    multi-vector encoders, (terms, 2) [term id, weight] pairs for sparse ones.
     """
 
     def __init__(self, key: str, root: Path | None = None) -> None:
-        root = root if root is not None else cache_root()
         self.folder = None if root is None else root / "embeddings" / key
+        self._shards: list[tuple[np.ndarray, np.ndarray]] = []  # (offsets, rows), memory-mapped
+        self._where = HashIndex()  # text hash -> shard << SHIFT | row
+        self._loaded = False
+        self._lock = threading.Lock()
 
-    def _shards(self) -> list[Path]:
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
         if self.folder is None or not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.glob("*.npz") if not p.name.startswith("."))
+            return
+        for shard in sorted(p for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                keys, offsets, rows = (load_array(shard / name) for name in SHARD_FILES)
+            except Exception:  # noqa: BLE001 - a damaged shard is skipped; its texts are encoded again
+                continue
+            if keys.ndim == 2 and keys.shape[1] == 16 and len(offsets) == len(keys) + 1 and offsets[-1] == len(rows):
+                self._index(np.asarray(keys), offsets, rows)
+
+    def _index(self, keys: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+        shard = len(self._shards)
+        self._shards.append((offsets, rows))
+        self._where.add(np.asarray(keys), (shard << SHIFT) | np.arange(len(keys), dtype=np.int64))
+
+    def _get(self, where: int) -> np.ndarray:
+        offsets, rows = self._shards[where >> SHIFT]
+        row = where & ((1 << SHIFT) - 1)
+        return rows[int(offsets[row]) : int(offsets[row + 1])]
 
     def encode(
         self, texts: Sequence[str], encode: Callable[[Sequence[str]], Any], ragged: bool = False,
-        desc: str = "encoding", chunk: int = 512, flush_every: int = 16384,
+        desc: str = "encoding", chunk: int = 4096,
     ) -> Any:
         """Encodings of ``texts``: cached ones read back, the rest computed by ``encode`` and stored.
 
         ``encode`` returns an (n, dim) array, or with ``ragged`` a list of (rows, dim)
-        arrays; the result has the same form.
+        arrays; the result has the same form. Missing texts are encoded ``chunk`` at a time,
+        each chunk written as one shard, so an interruption loses at most one chunk.
         """
-        keys = [h.tobytes() for h in text_hashes(texts)]
-        found = self._read(set(keys))
-        missing: dict[bytes, int] = {}
-        for i, key in enumerate(keys):
-            if key not in found:
-                missing.setdefault(key, i)
-        todo = list(missing.items())
-        pending: list[tuple[bytes, np.ndarray]] = []
-        bar_desc = f"{desc} ({len(keys) - len(todo)} cached)" if found else desc
+        keys = hash_keys(texts)
+        with self._lock:
+            self._load()
+            positions = self._where.find(keys)
+        results: list[np.ndarray | None] = [None] * len(texts)
+        missing: dict[bytes, list[int]] = {}
+        for i in np.flatnonzero(positions < 0).tolist():
+            missing.setdefault(keys[i].tobytes(), []).append(i)
+        todo = list(missing.values())
+        bar_desc = f"{desc} ({len(texts) - sum(map(len, todo))} cached)" if len(todo) < len(texts) else desc
         with progress_bar(total=len(todo), desc=bar_desc, unit="text") as bar:
             for start in range(0, len(todo), chunk):
                 batch = todo[start : start + chunk]
-                out = encode([texts[i] for _, i in batch])
+                out = encode([texts[where[0]] for where in batch])
                 matrices = [np.asarray(m, dtype=np.float32) for m in out] if ragged else \
                     list(np.asarray(out, dtype=np.float32)[:, None, :])
-                for (key, _), matrix in zip(batch, matrices):
-                    found[key] = matrix
-                    pending.append((key, matrix))
+                for where, matrix in zip(batch, matrices):
+                    for i in where:
+                        results[i] = matrix
+                self._write(keys[[where[0] for where in batch]], matrices)
                 bar.update(len(batch))
-                if len(pending) >= flush_every:
-                    self._write(pending)
-                    pending = []
-        if pending:
-            self._write(pending)
+        for i in np.flatnonzero(positions >= 0).tolist():
+            results[i] = self._get(int(positions[i]))
         if ragged:
-            return [found[key] for key in keys]
-        return np.stack([found[key][0] for key in keys])
+            return results
+        return np.stack([r[0] for r in results]) if results else np.zeros((0, 0), np.float32)
 
-    def _read(self, wanted: set[bytes]) -> dict[bytes, np.ndarray]:
-        found: dict[bytes, np.ndarray] = {}
-        for shard in self._shards():
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    shard_keys, offsets, rows = data["keys"], data["offsets"], data["rows"]
-            except (OSError, ValueError, KeyError):
-                continue  # a damaged shard is skipped; its texts are encoded again
-            for i, key in enumerate(shard_keys):
-                if (kb := key.tobytes()) in wanted:
-                    found[kb] = rows[offsets[i] : offsets[i + 1]]
-        return found
-
-    def _write(self, pending: list[tuple[bytes, np.ndarray]]) -> None:
-        if self.folder is None:
+    def _write(self, keys: np.ndarray, matrices: list[np.ndarray]) -> None:
+        if self.folder is None or not matrices:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
-        tmp = self.folder / f".{name}.tmp.npz"
-        keys = np.frombuffer(b"".join(k for k, _ in pending), dtype=np.uint8).reshape(-1, 16)
-        offsets = np.zeros(len(pending) + 1, dtype=np.int64)
-        np.cumsum([len(m) for _, m in pending], out=offsets[1:])
-        np.savez(tmp, keys=keys, offsets=offsets, rows=np.concatenate([m for _, m in pending]))
-        os.replace(tmp, self.folder / f"{name}.npz")
+        tmp = self.folder / f".{name}.tmp"
+        tmp.mkdir()
+        try:
+            offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
+            np.cumsum([len(m) for m in matrices], out=offsets[1:])
+            save_array(tmp / "keys.npy", keys)
+            save_array(tmp / "offsets.npy", offsets)
+            save_array(tmp / "rows.npy", np.concatenate(matrices))
+            os.rename(tmp, self.folder / name)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return  # a cache that cannot be written is only slower
+        with self._lock:
+            if self._loaded:
+                self._index(keys, *(load_array(self.folder / name / f) for f in SHARD_FILES[1:]))

@@ -30,8 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.cache import EmbeddingCache
-from retr.retriever.models import model_fingerprint, resolve_model
+from retr.retriever.batching import tokenized_batches
+from retr.retriever.cache import EmbeddingCache, open_cache
+from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
 DEFAULTS: dict[str, Any] = {
     "query_marker": "[unused0]", "doc_marker": "[unused1]", "query_length": 32, "doc_length": 180,
@@ -146,7 +147,7 @@ def _projection(folder: Path) -> tuple[Any, Any, dict[str, Any], str, str]:
 
 
 @functools.lru_cache(maxsize=4)
-def load_colbert(resolved: str, device: str) -> ColBERTModel:
+def load_colbert(resolved: str, device: str, dtype: str = "float32") -> ColBERTModel:
     """Load once per process; every encoder naming the same checkpoint shares it."""
     try:
         import torch
@@ -157,9 +158,10 @@ def load_colbert(resolved: str, device: str) -> ColBERTModel:
     folder = _local_folder(resolved)
     weight, bias, settings, layout, sub = _projection(folder)
     source = str(folder / sub)
+    quiet_model_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        backbone = AutoModel.from_pretrained(source).to(device).eval()
+        backbone = AutoModel.from_pretrained(source).to(device=device, dtype=getattr(torch, dtype)).eval()
     except (OSError, ValueError) as exc:
         raise RetrError(
             f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name"
@@ -188,7 +190,7 @@ class ColBERTEncoder:
     def __init__(
         self, model: str = "colbert-ir/colbertv2.0", query_marker: str = "[unused0]", doc_marker: str = "[unused1]",
         query_length: int = 32, doc_length: int = 180, skip_punctuation: bool = True, normalize: bool = True,
-        attend_to_mask_tokens: bool = False, batch_size: int = 32, device: str = "",
+        attend_to_mask_tokens: bool = False, batch_size: int = 32, device: str = "", dtype: str = "float32",
     ) -> None:
         if query_length < 0 or doc_length < 0 or batch_size < 1:
             raise RetrError("colbert needs query_length >= 0, doc_length >= 0 and batch_size >= 1")
@@ -197,7 +199,9 @@ class ColBERTEncoder:
         self.query_length, self.doc_length = int(query_length), int(doc_length)
         self.skip_punctuation, self.normalize = bool(skip_punctuation), bool(normalize)
         self.attend_to_mask_tokens = bool(attend_to_mask_tokens)
-        self.batch_size, self.device = int(batch_size), device
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise RetrError(f"colbert: dtype is float32, float16 or bfloat16, got {dtype!r}")
+        self.batch_size, self.device, self.dtype = int(batch_size), device, dtype
         self._resolved = resolve_model(model)
         self._loaded: ColBERTModel | None = None
         self._effective: dict[str, Any] = {}
@@ -206,12 +210,12 @@ class ColBERTEncoder:
         return {"model": self.model, "query_marker": self.query_marker, "doc_marker": self.doc_marker,
                 "query_length": self.query_length, "doc_length": self.doc_length,
                 "skip_punctuation": self.skip_punctuation, "normalize": self.normalize,
-                "attend_to_mask_tokens": self.attend_to_mask_tokens}
+                "attend_to_mask_tokens": self.attend_to_mask_tokens, "dtype": self.dtype}
 
     @property
     def loaded(self) -> ColBERTModel:
         if self._loaded is None:
-            loaded = load_colbert(self._resolved, self.device)
+            loaded = load_colbert(self._resolved, self.device, self.dtype)
             effective = {key: getattr(self, key) for key in DEFAULTS}
             for key, value in loaded.settings.items():
                 if effective[key] == DEFAULTS[key]:
@@ -255,8 +259,10 @@ class ColBERTEncoder:
         self.loaded
         settings = {k: v for k, v in self._effective.items() if k != "skip_ids"}
         settings.update(normalize=self.normalize, skip=sorted(self._effective["skip_ids"]))
+        if self.dtype != "float32":
+            settings["dtype"] = self.dtype
         digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
-        return EmbeddingCache(f"colbert-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"colbert-{model_fingerprint(self._resolved)}-{role}-{digest}")
 
     def _tokenize(self, texts: Sequence[str], query: bool) -> tuple[Any, Any]:
         """Input ids and attention mask, marker inserted after [CLS], queries padded with [MASK]."""
@@ -288,26 +294,28 @@ class ColBERTEncoder:
 
         loaded, eff = self.loaded, self._effective
         keep_all = query and eff["query_length"] > 0
-        skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]))
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+        skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]), device=loaded.device)
         out: list[np.ndarray | None] = [None] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            ids, mask = self._tokenize([texts[i] for i in batch], query)
-            with torch.inference_mode():
-                hidden = loaded.backbone(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device))[0]
-                hidden = hidden.float()
+
+        def tokenize(batch: list[str]) -> dict[str, Any]:
+            ids, mask = self._tokenize(batch, query)
+            return {"input_ids": ids, "attention_mask": mask}
+
+        with torch.inference_mode():
+            for batch, features in tokenized_batches(texts, self.batch_size, tokenize, loaded.device):
+                ids, mask = features["input_ids"], features["attention_mask"]
+                hidden = loaded.backbone(input_ids=ids, attention_mask=mask)[0].float()
                 if loaded.weight is not None:
                     hidden = torch.nn.functional.linear(hidden, loaded.weight, loaded.bias)
                 if self.normalize:
                     hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-            hidden = hidden.cpu().numpy()
-            keep = torch.ones_like(mask, dtype=torch.bool) if keep_all else mask.bool()
-            if skip is not None:
-                keep &= ~torch.isin(ids, skip)
-            keep = keep.numpy()
-            for row, i in enumerate(batch):
-                out[i] = np.ascontiguousarray(hidden[row][keep[row]], dtype=np.float32)
+                keep = torch.ones_like(mask, dtype=torch.bool) if keep_all else mask.bool()
+                if skip is not None:
+                    keep &= ~torch.isin(ids, skip)
+                lengths = keep.sum(1).cpu().numpy()
+                rows = hidden[keep].cpu().numpy()  # kept tokens of every text, in order
+                for i, part in zip(batch, np.split(rows, np.cumsum(lengths)[:-1])):
+                    out[i] = np.ascontiguousarray(part, dtype=np.float32)
         return out  # type: ignore[return-value]
 
     def encode_documents(self, texts: Sequence[str]) -> list[np.ndarray]:

@@ -8,23 +8,30 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.cache import EmbeddingCache
-from retr.retriever.models import model_fingerprint, resolve_model
+from retr.retriever.batching import tokenized_batches
+from retr.retriever.cache import EmbeddingCache, open_cache
+from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
+
+
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @functools.lru_cache(maxsize=4)
-def load_sentence_transformer(resolved: str, device: str | None) -> Any:
+def load_sentence_transformer(resolved: str, device: str | None, dtype: str = "float32") -> Any:
     """Load once per process; the same model serves every encoder that names it."""
     try:
+        import torch
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise RetrError("dense encoders need sentence-transformers: pip install 'retr[dense]'") from None
+    quiet_model_libraries()
     try:
-        return SentenceTransformer(resolved, device=device)
+        model = SentenceTransformer(resolved, device=device)
     except (OSError, ValueError) as exc:
         raise RetrError(
             f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name"
         ) from None
+    return model.to(getattr(torch, dtype)) if dtype != "float32" else model
 
 
 class DenseEncoder:
@@ -41,9 +48,11 @@ class DenseEncoder:
     def __init__(
         self, model: str = "sentence-transformers/all-MiniLM-L6-v2", normalize: bool = True,
         batch_size: int = 64, max_length: int = 0, query_prefix: str = "", doc_prefix: str = "",
-        device: str = "",
+        device: str = "", dtype: str = "float32",
     ) -> None:
-        self.model = model
+        if dtype not in DTYPES:
+            raise RetrError(f"dense: dtype is one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.model, self.dtype = model, dtype
         self.normalize, self.batch_size, self.max_length = bool(normalize), int(batch_size), int(max_length)
         self.query_prefix, self.doc_prefix, self.device = query_prefix, doc_prefix, device
         self._resolved = resolve_model(model)
@@ -51,12 +60,12 @@ class DenseEncoder:
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model, "normalize": self.normalize, "max_length": self.max_length,
-                "query_prefix": self.query_prefix, "doc_prefix": self.doc_prefix}
+                "query_prefix": self.query_prefix, "doc_prefix": self.doc_prefix, "dtype": self.dtype}
 
     @property
     def st(self) -> Any:
         if self._st is None:
-            self._st = load_sentence_transformer(self._resolved, self.device or None)
+            self._st = load_sentence_transformer(self._resolved, self.device or None, self.dtype)
             if self.max_length:
                 self._st.max_seq_length = self.max_length
         return self._st
@@ -71,14 +80,27 @@ class DenseEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         settings = f"{self.normalize}-{self.st.max_seq_length}-{self.query_prefix if role == 'q' else self.doc_prefix}"
+        settings += "" if self.dtype == "float32" else f"-{self.dtype}"
         key = f"dense-{model_fingerprint(self._resolved)}-{role}-{model_fingerprint(settings)}"
-        return EmbeddingCache(key)
+        return open_cache(key)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self.st.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
+        """What ``SentenceTransformer.encode`` computes (its tokenizer, modules and normalisation), with the
+        tokenizer a batch ahead in a thread and one copy back to the host at the end."""
+        import torch
+
+        st = self.st
+        done = []
+        with torch.inference_mode():
+            for batch, features in tokenized_batches(texts, self.batch_size, st.tokenize, st.device):
+                vectors = st.forward(features)["sentence_embedding"]
+                if self.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                done.append((batch, vectors.float()))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for batch, vectors in done:
+            out[batch] = vectors.cpu().numpy()
+        return out
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         texts = [self.doc_prefix + t for t in texts]

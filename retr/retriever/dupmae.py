@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.cache import EmbeddingCache
+from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.mlm import MaskedLM, load_mlm
 from retr.retriever.models import model_fingerprint, resolve_model
 
@@ -126,7 +126,7 @@ class DupMAEEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return EmbeddingCache(f"dupmae-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"dupmae-{model_fingerprint(self._resolved)}-{role}-{digest}")
 
     def halves(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The raw halves: [CLS] vectors (n, hidden) and reduced bag-of-words vectors (n, bow_dim)."""

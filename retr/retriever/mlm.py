@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from retr.errors import RetrError
+from retr.retriever.batching import tokenized_batches
+from retr.retriever.models import quiet_model_libraries
 
 
 @dataclass
@@ -23,7 +25,7 @@ class MaskedLM:
 
 
 @functools.lru_cache(maxsize=4)
-def load_mlm(resolved: str, device: str) -> MaskedLM:
+def load_mlm(resolved: str, device: str, dtype: str = "float32") -> MaskedLM:
     """Tokenizer and masked-LM model (eval mode) of a checkpoint."""
     try:
         import torch
@@ -31,9 +33,10 @@ def load_mlm(resolved: str, device: str) -> MaskedLM:
     except ImportError:
         raise RetrError("sparse encoders need torch and transformers: pip install 'retr[dense]'") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quiet_model_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModelForMaskedLM.from_pretrained(resolved).to(device).eval()
+        model = AutoModelForMaskedLM.from_pretrained(resolved).to(device=device, dtype=getattr(torch, dtype)).eval()
     except (OSError, ValueError) as exc:
         raise RetrError(
             f"cannot load masked-LM model {resolved!r}: {exc}. Give a local folder or a Hugging Face name "
@@ -61,15 +64,16 @@ def vocab_logits(
 ) -> Iterator[tuple[list[int], Any, Any]]:
     """Per batch: (positions in ``texts``, MLM logits (B, T, V), attention mask (B, T) as bool).
 
-    Texts are batched by length, so little is padded; runs under ``torch.inference_mode``.
+    Texts are batched by length, so little is padded, and tokenized a batch ahead in a thread
+    (``retr.retriever.batching``); runs under ``torch.inference_mode``.
     """
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        enc = mlm.tokenizer([texts[i] for i in batch], truncation=True, max_length=max_length,
-                            padding="longest", return_tensors="pt").to(mlm.device)
+    def tokenize(batch: list[str]) -> dict[str, Any]:
+        return dict(mlm.tokenizer(batch, truncation=True, max_length=max_length, padding="longest",
+                                  return_tensors="pt"))
+
+    for batch, enc in tokenized_batches(texts, batch_size, tokenize, mlm.device):
         with torch.inference_mode():
             logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            yield batch, logits, enc["attention_mask"].bool()
+            yield batch.tolist(), logits, enc["attention_mask"].bool()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 
 # Hub name (lower case) -> (package, folder inside it)
@@ -43,3 +44,14 @@ def model_fingerprint(resolved: str) -> str:
     else:
         h.update(resolved.encode())
     return h.hexdigest()
+
+
+def quiet_model_libraries() -> None:
+    """Silence the model libraries' loading bars and notices (retr shows its own progress), once per process."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        return
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import datetime
+import itertools
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from retr.errors import RetrError
-from retr.eval.datasets import Document
+from retr.eval.datasets import CHECK_BLOCK, Document, IdSet
+from retr.progress import progress_bar
 from retr.protocols import Encoder, Index
 from retr.registry import ENCODERS, INDEXES, Spec, create_index
-from retr.storage import StringArray, atomic_directory, read_manifest, write_manifest
+from retr.storage import StringArray, StringArrayWriter, atomic_directory, read_manifest, write_manifest
+from retr.threads import prefetch
 
-INDEX_DIR, DOCSTORE_DIR = "index", "docstore"
+INDEX_DIR, DOCSTORE_DIR, SCRATCH_DIR = "index", "docstore", "scratch"
 DEFAULT_INDEX = {"dense": "flat", "multi": "maxsim", "sparse": "lucene", "multi-sparse": "slim", "text": "lucene"}
+# documents encoded and added at once: bounds a build's memory (token matrices are large, hence smaller chunks)
+CHUNK_DOCS = {"multi": 2048, "multi-sparse": 2048}
+DEFAULT_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class Docstore:
         return cls(ids, StringArray.from_strings([d.content for d in docs]) if store_text else None)
 
     def save(self, directory: Path) -> None:
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         self.ids.save(directory, "ids")
         if self.texts is not None:
             self.texts.save(directory, "texts")
@@ -73,25 +80,48 @@ def _check_pair(encoder: Encoder, index: Index) -> None:
         )
 
 
-def _as_documents(corpus: Iterable[Document | dict | str]) -> list[Document]:
-    docs = []
+def _documents(corpus: Iterable[Document | dict | str]) -> Iterator[Document]:
+    """Each item as a Document (BEIR-style dicts and plain strings converted); a text-less one is an error."""
     for i, item in enumerate(corpus):
         if isinstance(item, Document):
-            docs.append(item)
+            doc = item
         elif isinstance(item, dict):
-            docs.append(Document(str(item.get("_id", item.get("id", i))), item.get("text", ""), item.get("title", "")))
+            doc = Document(str(item.get("_id", item.get("id", i))), item.get("text", ""), item.get("title", ""))
         else:
-            docs.append(Document(str(i), str(item)))
-    seen: set[str] = set()
-    for doc in docs:
-        if doc.id in seen:
-            raise RetrError(f"duplicate document id {doc.id!r}; document ids must be unique")
-        seen.add(doc.id)
+            doc = Document(str(i), str(item))
         if not doc.content:
             raise RetrError(f"document {doc.id!r} has no text")
-    if not docs:
+        yield doc
+
+
+def _store_documents(corpus: Iterable[Document | dict | str], ids: StringArrayWriter,
+                     texts: StringArrayWriter) -> None:
+    """Stream the corpus into the id and text stores, a block at a time, refusing duplicate ids."""
+    seen, docs = IdSet(), _documents(corpus)
+    while block := list(itertools.islice(docs, CHECK_BLOCK)):
+        start = len(ids)
+        duplicate = seen.add([d.id for d in block], range(start, start + len(block)))
+        if duplicate is not None:
+            raise RetrError(f"duplicate document id {duplicate[0]!r} (documents {duplicate[1] + 1} and "
+                            f"{duplicate[2] + 1}); document ids must be unique")
+        ids.append([d.id for d in block])
+        texts.append([d.content for d in block])
+    if not len(ids):
         raise RetrError("the corpus is empty")
-    return docs
+
+
+def _sample(texts: StringArrayWriter, size: int, seed: int) -> list[str]:
+    """``size`` texts drawn uniformly without replacement (seeded), in corpus order, read in one pass."""
+    n = len(texts)
+    picks = np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else np.arange(n)
+    out: list[str] = []
+    step = 1 << 16
+    for start in range(0, n, step):
+        inside = picks[(picks >= start) & (picks < start + step)]
+        if len(inside):
+            block = texts.read(start, min(n, start + step))
+            out.extend(block[i - start] for i in inside.tolist())
+    return out
 
 
 class Retriever:
@@ -118,40 +148,84 @@ class Retriever:
     def build(
         cls, corpus: Iterable[Document | dict | str], encoder: Encoder | Spec | str = "dense",
         index: Index | Spec | str | None = None, out: Path | str | None = None, store_text: bool = True,
+        chunk_size: int = 0, seed: int = 42,
     ) -> "Retriever":
-        """Encode and index ``corpus`` (Documents, BEIR-style dicts or plain strings)."""
-        docs = _as_documents(corpus)
+        """Encode and index ``corpus`` (Documents, BEIR-style dicts or plain strings; a list or any iterable).
+
+        The build streams: documents go to the docstore first (on disk under ``out``), an index
+        that trains does so on a seeded uniform sample of them, then the corpus is encoded and
+        added ``chunk_size`` documents at a time (default by kind: 16,384, or 2,048 for token
+        matrices), the next chunk encoding while the index adds the last. With ``out``,
+        arrays are written to the index directory as they grow, so memory stays at a few chunks
+        plus what the index type keeps in memory (an HNSW graph, FAISS inverted lists).
+        """
         encoder = ENCODERS.create(encoder) if isinstance(encoder, (str, Spec)) else encoder
         if index is None:
             index = DEFAULT_INDEX.get(encoder.kind, "flat")
         index = create_index(index, encoder.kind) if isinstance(index, (str, Spec)) else index
         _check_pair(encoder, index)
+        chunk_size = chunk_size or CHUNK_DOCS.get(encoder.kind, DEFAULT_CHUNK)
         start = time.perf_counter()
-        index.add(encoder.encode_documents([d.content for d in docs]))
-        retriever = cls(encoder, index, Docstore.from_documents(docs, store_text))
+        if out is None:
+            retriever = cls._build(corpus, encoder, index, None, store_text, chunk_size, seed)
+        else:
+            out = Path(out)
+            with atomic_directory(out) as tmp:
+                retriever = cls._build(corpus, encoder, index, tmp, store_text, chunk_size, seed)
+                retriever._write(tmp)
+            retriever.path = out.absolute()
         retriever.build_seconds = time.perf_counter() - start
-        if out is not None:
-            retriever.save(out)
         return retriever
+
+    @classmethod
+    def _build(cls, corpus: Iterable[Document | dict | str], encoder: Encoder, index: Index, directory: Path | None,
+               store_text: bool, chunk_size: int, seed: int) -> "Retriever":
+        """The streaming build; with ``directory``, stores are written there (index/, docstore/)."""
+        folder = (lambda name: None) if directory is None else (lambda name: directory / name)
+        for name in (DOCSTORE_DIR, INDEX_DIR, SCRATCH_DIR):
+            if folder(name) is not None:
+                folder(name).mkdir()
+        ids = StringArrayWriter(folder(DOCSTORE_DIR), "ids")
+        texts = StringArrayWriter(folder(DOCSTORE_DIR if store_text else SCRATCH_DIR), "texts")
+        _store_documents(corpus, ids, texts)
+        n = len(ids)
+        if directory is not None and hasattr(index, "stage"):
+            index.stage(folder(INDEX_DIR))
+        wanted = index.training_size(n) if hasattr(index, "training_size") and not index.trained else 0
+        if wanted:
+            index.train(encoder.encode_documents(_sample(texts, min(wanted, n), seed)), n)
+        chunks = (encoder.encode_documents(texts.read(s, min(n, s + chunk_size))) for s in range(0, n, chunk_size))
+        with progress_bar(total=n, desc=f"indexing with {encoder.name}@{index.name}", unit="doc") as bar:
+            for start, reps in zip(range(0, n, chunk_size), prefetch(chunks)):
+                index.add(reps)
+                bar.update(min(chunk_size, n - start))
+        docstore = Docstore(ids.finish(), texts.finish() if store_text else None)
+        if directory is not None:
+            shutil.rmtree(folder(SCRATCH_DIR))
+        return cls(encoder, index, docstore)
 
     def save(self, out: Path | str) -> Path:
         """Write the index directory atomically; an existing index at ``out`` is replaced only on success."""
         out = Path(out)
         with atomic_directory(out) as tmp:
-            (tmp / INDEX_DIR).mkdir()
-            self.index.save(tmp / INDEX_DIR)
-            self.docstore.save(tmp / DOCSTORE_DIR)
-            write_manifest(tmp, {
-                "retr_version": _version(),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "encoder": {"name": self.encoder.name, "kind": self.encoder.kind,
-                            "dim": self.encoder.dim, "settings": self.encoder.config()},
-                "index": {"name": self.index.name, "settings": self.index.config()},
-                "num_docs": len(self.docstore),
-                "texts": self.docstore.texts is not None,
-            })
+            self._write(tmp)
         self.path = out.absolute()
         return self.path
+
+    def _write(self, directory: Path) -> None:
+        """Index, docstore and manifest into ``directory`` (files staged there already are only closed)."""
+        (directory / INDEX_DIR).mkdir(exist_ok=True)
+        self.index.save(directory / INDEX_DIR)
+        self.docstore.save(directory / DOCSTORE_DIR)
+        write_manifest(directory, {
+            "retr_version": _version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "encoder": {"name": self.encoder.name, "kind": self.encoder.kind,
+                        "dim": self.encoder.dim, "settings": self.encoder.config()},
+            "index": {"name": self.index.name, "settings": self.index.config()},
+            "num_docs": len(self.docstore),
+            "texts": self.docstore.texts is not None,
+        })
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.search_batch([query], k)[0]
@@ -180,11 +254,25 @@ class Retriever:
         return f"Retriever({self.name}, {len(self)} documents{', ' + str(self.path) if self.path else ''})"
 
 
-def open_index(path: Path | str, encoder: Encoder | Spec | str | None = None, verify: bool = True) -> Retriever:
+def use_device(index: Index, device: str | None) -> None:
+    """Score ``index``'s exact stages on ``device`` (``retr.scoring``); a clear error if its type cannot."""
+    from retr.scoring import check_device
+
+    device = check_device(device)
+    if hasattr(index, "use_device"):
+        index.use_device(device)
+    elif device != "cpu":
+        raise RetrError(f"a {index.name} index searches on the CPU only; devices serve flat, maxsim, muvera, "
+                        "plaid, and the refine / rerank stages of pq, opq, ivfpq and bebr")
+
+
+def open_index(path: Path | str, encoder: Encoder | Spec | str | None = None, verify: bool = True,
+               device: str | None = None) -> Retriever:
     """Open a saved index; the manifest alone rebuilds its encoder and index.
 
     ``encoder`` may name the query encoder explicitly; it must match the one the index
     was built with. ``verify=False`` skips the checksums (sizes are still checked).
+    ``device`` ('cpu', 'cuda', 'cuda:1', ...) is where the exact scoring stages run.
     """
     path = Path(path)
     manifest = read_manifest(path, verify=verify)
@@ -204,6 +292,7 @@ def open_index(path: Path | str, encoder: Encoder | Spec | str | None = None, ve
     dim = getattr(index, "dim", None)
     if enc_meta.get("dim") is not None and dim is not None and dim != enc_meta["dim"]:
         raise RetrError(f"index {path} holds {dim}-d vectors, its manifest says {enc_meta['dim']}: rebuild it")
+    use_device(index, device)
     docstore = Docstore.load(path / DOCSTORE_DIR, manifest.get("texts", False))
     return Retriever(built, index, docstore, path.absolute())
 

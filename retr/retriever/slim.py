@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.cache import EmbeddingCache
+from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.mlm import MaskedLM, load_mlm, saturate, vocab_logits
 from retr.retriever.models import model_fingerprint, resolve_model
 from retr.sparse import SparseVectors
@@ -49,7 +49,7 @@ class SlimEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return EmbeddingCache(f"slim-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"slim-{model_fingerprint(self._resolved)}-{role}-{digest}")
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per text a (tokens, 2 * token_terms) float32 array: term ids, then their weights."""

@@ -17,7 +17,7 @@ from retr.errors import RetrError
 from retr.eval.datasets import Document
 from retr.registry import ENCODERS, INDEXES, Spec
 from retr.retriever.fusion import FusedRetriever
-from retr.retriever.pipeline import DEFAULT_INDEX, Retriever, open_index
+from retr.retriever.pipeline import DEFAULT_INDEX, Retriever, open_index, use_device
 
 AnyRetriever = Union[Retriever, FusedRetriever]
 _FUSION = re.compile(r"^(rrf|linear)(?::([^\[]*))?\[(.*)\]$", re.S)
@@ -37,14 +37,15 @@ def split_members(body: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def build_retriever(spec: str, corpus: Iterable[Document] | None = None, depth: int = 1000) -> AnyRetriever:
-    """Open a saved index, or build the spec's retriever over ``corpus``."""
+def build_retriever(spec: str, corpus: Iterable[Document] | None = None, depth: int = 1000,
+                    device: str | None = None) -> AnyRetriever:
+    """Open a saved index, or build the spec's retriever over ``corpus``; search on ``device``."""
     spec = spec.strip()
     if (match := _FUSION.match(spec)) is not None:
         method, settings_text, body = match.groups()
         settings = Spec.parse(f"{method}:{settings_text or ''}").settings
         corpus = list(corpus) if corpus is not None else None
-        members = [build_retriever(m, corpus, depth) for m in split_members(body)]
+        members = [build_retriever(m, corpus, depth, device) for m in split_members(body)]
         weights = settings.pop("weights", None)
         if isinstance(weights, str):
             weights = [float(w) for w in weights.split("/")]
@@ -55,11 +56,13 @@ def build_retriever(spec: str, corpus: Iterable[Document] | None = None, depth: 
         except TypeError as exc:
             raise RetrError(f"fusion spec {spec!r}: {exc}") from None
     if Path(spec).is_dir():
-        return open_index(spec)
+        return open_index(spec, device=device)
     encoder_spec, index_spec = parse_pair(spec)
     if corpus is None:
         raise RetrError(f"{spec!r} is neither a saved index nor usable without a corpus")
-    return Retriever.build(corpus, encoder_spec, index_spec)
+    retriever = Retriever.build(corpus, encoder_spec, index_spec)
+    use_device(retriever.index, device)
+    return retriever
 
 
 def parse_pair(spec: str) -> tuple[Spec, Spec]:

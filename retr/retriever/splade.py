@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.cache import EmbeddingCache
+from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.mlm import MaskedLM, load_mlm, saturate, vocab_logits
 from retr.retriever.models import model_fingerprint, resolve_model
 from retr.sparse import SparseVectors, from_pairs, quantize, to_pairs, top_terms
@@ -31,24 +31,27 @@ class SpladeEncoder:
 
     def __init__(
         self, model: str = "naver/splade-cocondenser-ensembledistil", max_length: int = 256, max_terms: int = 0,
-        scale: float = 100.0, batch_size: int = 8, device: str = "",
+        scale: float = 100.0, batch_size: int = 8, device: str = "", dtype: str = "float32",
     ) -> None:
         if max_length < 2 or max_terms < 0 or scale < 0 or batch_size < 1:
             raise RetrError("splade needs max_length >= 2, max_terms >= 0 (0 = no cap), scale >= 0, batch_size >= 1")
         self.model, self.max_length, self.max_terms = model, int(max_length), int(max_terms)
-        self.scale, self.batch_size, self.device = float(scale), int(batch_size), device
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise RetrError(f"splade: dtype is float32, float16 or bfloat16, got {dtype!r}")
+        self.scale, self.batch_size, self.device, self.dtype = float(scale), int(batch_size), device, dtype
         self._resolved = resolve_model(model)
 
     def config(self) -> dict[str, Any]:
-        return {"model": self.model, "max_length": self.max_length, "max_terms": self.max_terms, "scale": self.scale}
+        return {"model": self.model, "max_length": self.max_length, "max_terms": self.max_terms, "scale": self.scale,
+                "dtype": self.dtype}
 
     @property
     def mlm(self) -> MaskedLM:
-        return load_mlm(self._resolved, self.device)
+        return load_mlm(self._resolved, self.device, self.dtype)
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return EmbeddingCache(f"splade-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"splade-{model_fingerprint(self._resolved)}-{role}-{digest}")
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         from scipy.sparse import csr_matrix

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from retr import INDEXES, RetrError
-from retr.indexers.maxsim import (CELLS, ExactMultiVectorIndex, maxsim_batch, maxsim_reference, maxsim_scores,
-                                  token_rows)
+from retr.indexers.maxsim import ExactMultiVectorIndex
+from retr.scoring.maxsim import CELLS, maxsim_batch, maxsim_reference, token_rows
+
+
+def maxsim_scores(query, tokens, offsets, cells=CELLS):
+    return maxsim_batch([query], tokens, offsets, cells)[0]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def test_save_and_load_memory_mapped(tokens, tmp_path):
     index.add(docs)
     index.save(tmp_path)
     loaded = ExactMultiVectorIndex.load(tmp_path, index.config(), 300)
-    assert isinstance(loaded._tokens, np.memmap) and loaded.dim == index.dim
+    assert isinstance(loaded.store.tokens.array, np.memmap) and loaded.dim == index.dim
     for got, want in zip(loaded.search(queries, 20), index.search(queries, 20)):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(RetrError, match="the manifest says 299 documents"):
@@ -95,14 +99,14 @@ def test_float32_tokens_score_without_rounding_and_round_trip(tokens, tmp_path):
     docs, flat, offsets, queries = tokens
     index = INDEXES.create("maxsim:dtype=float32")
     index.add(docs)
-    assert index._tokens.dtype == np.float32 and index.config() == {"dtype": "float32"}
+    assert index.store.tokens.array.dtype == np.float32 and index.config() == {"dtype": "float32"}
     scores, ids = index.search(queries, 10)
     expected = maxsim_batch(queries, flat, offsets)  # float32 tokens, no float16 rounding
     np.testing.assert_array_equal(ids, np.argsort(-expected, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(scores, np.take_along_axis(expected, ids, 1), rtol=1e-6)
     index.save(tmp_path)
     loaded = ExactMultiVectorIndex.load(tmp_path, index.config(), len(docs))
-    assert loaded._tokens.dtype == np.float32
+    assert loaded.store.tokens.array.dtype == np.float32
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
     with pytest.raises(RetrError, match="wrong shape or type"):  # the manifest says float16
         ExactMultiVectorIndex.load(tmp_path, {}, len(docs))

@@ -5,7 +5,7 @@ import pytest
 
 from retr import INDEXES, RetrError
 from retr.indexers.fde import FDE, chamfer
-from retr.indexers.maxsim import maxsim_batch, top_k
+from retr.scoring import maxsim_batch, top_k
 from retr.indexers.muvera import MuveraIndex
 
 
@@ -85,7 +85,7 @@ def test_round_trip(colbert_slice, tmp_path, spec):
     index.add(docs)
     index.save(tmp_path)
     again = MuveraIndex.load(tmp_path, index.config(), len(docs))
-    assert again._store._tokens.dtype == index._store.dtype
+    assert again._store.store.tokens.array.dtype == index._store.store.dtype
     for a, b in zip(index.search(queries, 10), again.search(queries, 10)):
         np.testing.assert_array_equal(a, b)
 

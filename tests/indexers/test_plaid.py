@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retr import INDEXES, RetrError
-from retr.indexers.maxsim import maxsim_batch, top_k
+from retr.scoring import maxsim_batch, top_k
 from retr.indexers.plaid import PlaidIndex
 
 
@@ -35,12 +35,13 @@ def test_recall_of_the_exact_top_10(built, colbert_slice, exact_ids):
     got = recall(ids, exact_ids)
     assert got >= 0.90, got
     q = built.quantizer
-    decoded = q.decode(np.asarray(built._codes))
+    decoded = q.decode(np.asarray(built.codes))
     ceiling = recall(top_k(maxsim_batch(queries, decoded, offsets), 10)[1], exact_ids)
     assert got >= ceiling - 0.02, (got, ceiling)
     # the index keeps one code row per token only: 2 + 96 bytes per 384-d token (768 as float16)
-    assert built._codes.dtype == np.uint8 and built._codes.shape == (len(decoded), 98)
-    assert len(built) == len(docs) and built._ivf_offsets[-1] == len(built._ivf_docs)
+    assert built.codes.dtype == np.uint8 and built.codes.shape == (len(decoded), 98)
+    ivf_offsets, ivf_docs = built._lists()
+    assert len(built) == len(docs) and ivf_offsets[-1] == len(ivf_docs)
 
 
 def test_scores_are_maxsim_over_decompressed_tokens(built, colbert_slice):
@@ -48,8 +49,8 @@ def test_scores_are_maxsim_over_decompressed_tokens(built, colbert_slice):
     scores, ids = built.search(queries[:3], 5)
     for qi in range(3):
         for s, d in zip(scores[qi], ids[qi]):
-            rows = np.arange(built._offsets[d], built._offsets[d + 1])
-            tokens = built.quantizer.decode(np.asarray(built._codes[rows]))
+            rows = np.arange(built.offsets[d], built.offsets[d + 1])
+            tokens = built.quantizer.decode(np.asarray(built.codes[rows]))
             assert s == pytest.approx(float((queries[qi] @ tokens.T).max(1).sum()), rel=1e-4)
     assert (np.diff(scores, axis=1) <= 0).all()
 
@@ -84,8 +85,8 @@ def test_bad_input(built, colbert_slice):
         PlaidIndex().search([docs[0]], 10)
     with pytest.raises(RetrError, match="nprobe"):
         INDEXES.create("plaid:nprobe=0")
-    with pytest.raises(RetrError, match="nbits 1 or 2"):
-        INDEXES.create("plaid:nbits=4")
+    with pytest.raises(RetrError, match="nbits 1, 2 or 4"):
+        INDEXES.create("plaid:nbits=3")
     with pytest.raises(RetrError, match="multi-vector"):
         built.add(np.ones((3, 384), np.float32))
     with pytest.raises(RetrError, match="dimension 8"):
@@ -99,7 +100,7 @@ def test_residual_pq_option(colbert_slice, exact_ids, tmp_path):
     docs, _, _, queries = colbert_slice
     index = INDEXES.create("plaid:residual=pq,m=64,n_centroids=1024")
     index.add(docs)
-    assert index._codes.shape == (sum(len(d) for d in docs), 66) and index.quantizer.codebooks.shape == (64, 256, 6)
+    assert index.codes.shape == (sum(len(d) for d in docs), 66) and index.quantizer.codebooks.shape == (64, 256, 6)
     got = recall(index.search(queries, 10)[1], exact_ids)
     assert got >= 0.85, got
     index.save(tmp_path)

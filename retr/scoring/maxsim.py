@@ -1,0 +1,309 @@
+"""Exact late interaction, ``S(q, d) = sum_i max_j <q_i, d_j>``, over a token store: all token vectors in one
+(N_tok, dim) matrix, document ``i`` owning rows ``offsets[i]:offsets[i+1]``.
+
+Two backends give the same answer:
+
+- numpy (``NumpyTokens``, the CPU default): a chunk of document tokens at a time (memory-mapped
+  rows, float16 widened by faiss's SIMD decoder), one matrix product with all query tokens,
+  ``np.maximum.reduceat`` per document segment, ``np.add.reduceat`` per query.
+- torch (``TorchTokens``, GPUs, or ``torch:cpu``): documents grouped in length tiers (1, 2, 3, 4,
+  6, 8, 12, 16, ... tokens: powers of two and 1.5 times them), each padded to its tier's length
+  by repeating the document's last token (a repeated token cannot change a max, so padding is
+  exact and needs no mask) and queries padded with zero vectors (a zero query token adds 0).
+  A tier block is then one batched matrix product and a max over its last axis; blocks stay on
+  the device when they fit (``retr.scoring.device``) and are streamed from the host otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import numpy as np
+
+from retr.errors import RetrError
+from retr.scoring.device import Block, DeviceBlocks
+from retr.scoring.topk import top_k
+
+CELLS = 1 << 24  # similarity-matrix entries the numpy path computes at once (64 MB of float32)
+GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stays in cache for the product)
+QUERY_GROUP = 64  # queries the numpy path scores together in one pass over the documents
+BLOCK_TOKENS = 1 << 22  # padded tokens in one torch tier block (the unit kept resident or streamed)
+TORCH_CELLS = {"cuda": 1 << 29, "cpu": 1 << 24}  # similarity entries one torch step computes at once
+
+
+@functools.lru_cache(maxsize=8)
+def _float16_decoder(dim: int) -> Any:
+    import faiss
+
+    return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+
+
+def widen(tokens: np.ndarray) -> np.ndarray:
+    """float32 token rows: float16 ones decoded by faiss (SIMD, multi-threaded), others cast by numpy."""
+    if tokens.dtype != np.float16 or tokens.size == 0:
+        return np.asarray(tokens, dtype=np.float32)
+    rows = np.ascontiguousarray(tokens)
+    return _float16_decoder(rows.shape[1]).decode(rows.view(np.uint8))
+
+
+def maxsim_batch(
+    queries: Sequence[np.ndarray], doc_tokens: np.ndarray, doc_offsets: np.ndarray, cells: int = CELLS,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """(nq, n_docs) float32 MaxSim scores of each query against each document; empty documents get -inf.
+
+    All query tokens are multiplied with a chunk of document tokens at once (one matrix
+    product), reduced to a max per document segment (``np.maximum.reduceat``) and summed
+    per query (``np.add.reduceat``). Chunks end on document boundaries and hold about
+    ``cells / total query tokens`` tokens, which bounds memory. With ``rows``, the documents
+    are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
+    gathered ``GATHER`` at a time so each chunk is still in cache for its product, float16
+    rows in whole chunks (each faiss widening call costs milliseconds of fixed overhead).
+    """
+    offsets = np.asarray(doc_offsets, dtype=np.int64)
+    n_docs = len(offsets) - 1
+    q_lens = np.array([len(q) for q in queries], dtype=np.int64)
+    if len(queries) == 0:
+        return np.zeros((0, n_docs), dtype=np.float32)
+    if (q_lens == 0).any():
+        raise RetrError("a query has no token vectors")
+    q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
+    q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
+    out = np.full((len(queries), n_docs), -np.inf, dtype=np.float32)
+    chunk = max(1, cells // len(q_all))
+    if rows is not None and doc_tokens.dtype == np.float32:
+        chunk = min(chunk, GATHER)
+    d0 = 0
+    while d0 < n_docs:
+        # the documents whose tokens fit in one chunk (at least one document)
+        d1 = int(np.searchsorted(offsets, offsets[d0] + chunk, side="right")) - 1
+        d1 = min(max(d1, d0 + 1), n_docs)
+        t0, t1 = int(offsets[d0]), int(offsets[d1])
+        if t1 > t0:
+            block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
+            sims = q_all @ widen(block).T  # (sum q_len, tokens)
+            lengths = np.diff(offsets[d0 : d1 + 1])
+            nonempty = np.flatnonzero(lengths > 0)
+            best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
+            out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
+        d0 = d1
+    return out
+
+
+def maxsim_reference(query: np.ndarray, doc_tokens: np.ndarray, doc_offsets: np.ndarray) -> np.ndarray:
+    """The same scores with plain Python loops over documents and tokens (slow; for tests)."""
+    q = np.asarray(query, dtype=np.float64)
+    scores = np.empty(len(doc_offsets) - 1, dtype=np.float64)
+    for d in range(len(scores)):
+        tokens = np.asarray(doc_tokens[doc_offsets[d] : doc_offsets[d + 1]], dtype=np.float64)
+        if len(tokens) == 0:
+            scores[d] = -np.inf
+            continue
+        total = 0.0
+        for qi in q:
+            total += max(float(np.dot(qi, t)) for t in tokens)
+        scores[d] = total
+    return scores
+
+
+def token_rows(offsets: np.ndarray, doc_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows of the given documents, concatenated, and the offsets of each document within them."""
+    starts, ends = offsets[doc_ids], offsets[doc_ids + 1]
+    lengths = ends - starts
+    seg = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    rows = np.repeat(starts - seg[:-1], lengths) + np.arange(seg[-1], dtype=np.int64)
+    return rows, seg
+
+
+def tier_lengths(longest: int) -> list[int]:
+    """Padded lengths 1, 2, 3, 4, 6, 8, 12, 16, ... (powers of two and 1.5 times them) up to one >= ``longest``."""
+    out = [1]
+    while out[-1] < longest:
+        p = out[-1]
+        out.append(p * 3 // 2 if p >= 2 and p & (p - 1) == 0 else 1 << p.bit_length())
+    return out
+
+
+def padded_rows(offsets: np.ndarray, doc_ids: np.ndarray, length: int) -> np.ndarray:
+    """(len(doc_ids), length) token rows of each document, its last token repeated to fill (exact for MaxSim)."""
+    starts = offsets[doc_ids]
+    lengths = offsets[doc_ids + 1] - starts
+    return starts[:, None] + np.minimum(np.arange(length)[None, :], np.maximum(lengths, 1)[:, None] - 1)
+
+
+def _pad_queries(queries: Sequence[np.ndarray]) -> np.ndarray:
+    """(nq, longest, dim) float32: each query's tokens, then zero vectors (which add 0 to a MaxSim)."""
+    longest = max(len(q) for q in queries)
+    out = np.zeros((len(queries), longest, queries[0].shape[1]), dtype=np.float32)
+    for i, q in enumerate(queries):
+        out[i, : len(q)] = q
+    return out
+
+
+class NumpyTokens:
+    """Exact MaxSim over a (memory-mapped) token store with numpy; the CPU default and the reference."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
+        self.tokens, self.offsets = tokens, np.asarray(offsets, dtype=np.int64)
+
+    def search(self, queries: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
+        for start in range(0, len(queries), QUERY_GROUP):
+            s, i = top_k(maxsim_batch(queries[start : start + QUERY_GROUP], self.tokens, self.offsets), k)
+            scores.append(s)
+            ids.append(i)
+        return np.concatenate(scores), np.concatenate(ids)
+
+    def rerank(self, queries: Sequence[np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` of each query among its candidate documents (-1 entries ignored)."""
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, cand) in enumerate(zip(queries, candidates)):
+            cand = cand[cand >= 0]
+            if not len(cand):
+                continue
+            rows, seg = token_rows(self.offsets, cand)
+            exact = maxsim_batch([query], self.tokens, seg, rows=rows)
+            s, order = top_k(exact, k)
+            found = order[0] >= 0
+            scores[row, found], ids[row, found] = s[0, found], cand[order[0, found]]
+        return scores, ids
+
+
+class TorchTokens:
+    """Exact MaxSim with torch on any device over length-tiered, padded token blocks.
+
+    With ``decode``, the store holds uint8 code rows (PLAID's residual codes) instead of
+    vectors: blocks stay compressed on the device and each step decodes only the documents it
+    scores (``decode``: uint8 (..., code_size) tensor -> float (..., dim)), so a store of any
+    size in codes is scored without ever decompressing all of it.
+    """
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, device: str, dtype: str = "",
+                 budget: int | None = None, block_tokens: int = BLOCK_TOKENS, decode: Any = None,
+                 dim: int | None = None) -> None:
+        import torch
+
+        self.tokens, self.offsets = tokens, np.asarray(offsets, dtype=np.int64)
+        self.device, self.decode = device, decode
+        cuda = device.startswith("cuda")
+        self.dtype = getattr(torch, dtype) if dtype else (torch.float16 if cuda else torch.float32)
+        self.cells = TORCH_CELLS["cuda" if cuda else "cpu"]
+        self.dim = int(dim or tokens.shape[1])
+        self.width = int(tokens.shape[1])  # values a stored row holds: dim floats, or code bytes
+        stored = torch.uint8 if decode is not None else self.dtype
+        lengths = np.diff(self.offsets)
+        tiers = tier_lengths(int(lengths.max(initial=1)))
+        blocks = []
+        for low, length in zip([0, *tiers], tiers):
+            docs = np.flatnonzero((lengths > low) & (lengths <= length))  # empty documents are in no tier
+            per_block = max(1, block_tokens // length)
+            for start in range(0, len(docs), per_block):
+                part = docs[start : start + per_block]
+                blocks.append(Block(functools.partial(self._gather, part, length), len(part) * length * self.width,
+                                    part))
+        self._blocks = DeviceBlocks(blocks, device, stored, budget)
+        self._ids = [torch.from_numpy(b.meta).to(self._blocks.device) for b in blocks]
+        self._budget = self._blocks.budget - self._blocks.nbytes if self._blocks.resident else 0
+        self._store: Any = None  # the whole flat store on the device (for reranking) once it is needed and fits
+
+    @property
+    def resident(self) -> bool:
+        return self._blocks.resident
+
+    def _gather(self, docs: np.ndarray, length: int) -> np.ndarray:
+        rows = self.tokens[padded_rows(self.offsets, docs, length).ravel()]
+        return (rows if self.decode is not None else widen(rows)).reshape(len(docs), length, self.width)
+
+    def _floats(self, rows: Any) -> Any:
+        """Stored rows as vectors in the scoring dtype (decoded first when the store holds codes)."""
+        return rows if self.decode is None else self.decode(rows).to(self.dtype)
+
+    def _queries(self, queries: Sequence[np.ndarray]) -> Any:
+        import torch
+
+        return torch.from_numpy(_pad_queries(queries)).to(self._blocks.device, dtype=self.dtype)
+
+    def search(self, queries: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if not len(queries):
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        q = self._queries(queries)
+        nq, q_len, _ = q.shape
+        best_s = torch.full((nq, k), -float("inf"), device=q.device)
+        best_i = torch.full((nq, k), -1, dtype=torch.int64, device=q.device)
+        with torch.inference_mode():
+            for ids, (_, docs) in zip(self._ids, self._blocks):
+                n, length = docs.shape[0], docs.shape[1]
+                step = max(1, self.cells // (nq * q_len * length))  # documents scored per step
+                for d0 in range(0, n, step):
+                    part = self._floats(docs[d0 : d0 + step])
+                    sims = (q.reshape(-1, self.dim) @ part.reshape(-1, self.dim).T).view(nq, q_len, len(part), length)
+                    scores = sims.amax(-1).float().sum(1)  # (nq, documents)
+                    s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+                    best_s, order = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
+                    best_i = torch.gather(torch.cat([best_i, ids[d0 : d0 + step][i]], 1), 1, order)
+        best_s, best_i = best_s.cpu().numpy(), best_i.cpu().numpy()
+        best_i[~np.isfinite(best_s)] = -1
+        return best_s.astype(np.float32), best_i
+
+    def rerank(self, queries: Sequence[np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` of each query among its candidates: their tokens gathered padded, scored at once."""
+        import torch
+
+        out_s, out_i = [], []
+        q = self._queries(queries)
+        with torch.inference_mode():
+            for row, cand in enumerate(np.asarray(candidates)):
+                cand = cand[cand >= 0]
+                lengths = self.offsets[cand + 1] - self.offsets[cand]
+                if not len(cand):
+                    out_s.append(np.full((1, k), -np.inf, np.float32))
+                    out_i.append(np.full((1, k), -1, np.int64))
+                    continue
+                length = int(lengths.max(initial=1)) or 1
+                docs = self._floats(self._rows_on_device(padded_rows(self.offsets, cand, length)))
+                sims = (q[row] @ docs.reshape(-1, self.dim).T).view(q.shape[1], len(cand), length)
+                scores = sims.amax(-1).float().sum(0).cpu().numpy()
+                scores[lengths == 0] = -np.inf
+                s, order = top_k(scores[None], k)
+                out_s.append(s)
+                out_i.append(np.where(order >= 0, cand[np.maximum(order, 0)], -1))
+        return np.concatenate(out_s), np.concatenate(out_i)
+
+    def _rows_on_device(self, rows: np.ndarray) -> Any:
+        """Token rows gathered on the device from a resident copy of the store, or on the host and moved."""
+        import torch
+
+        stored = self._blocks.dtype
+        if self._store is None:
+            self._store = False
+            if self.tokens.size * torch.empty((), dtype=stored).element_size() <= self._budget:  # room beside the tiers
+                store = torch.empty(self.tokens.shape, dtype=stored, device=self._blocks.device)
+                for start in range(0, len(self.tokens), BLOCK_TOKENS):
+                    block = self._host_rows(np.arange(start, min(start + BLOCK_TOKENS, len(self.tokens))))
+                    store[start : start + len(block)] = block.to(store.device)
+                self._store = store
+        if self._store is not False:
+            index = torch.from_numpy(rows.ravel()).to(self._store.device)
+            return self._store.index_select(0, index).view(*rows.shape, self.width)
+        return self._host_rows(rows.ravel()).to(self._blocks.device).view(*rows.shape, self.width)
+
+    def _host_rows(self, rows: np.ndarray) -> Any:
+        import torch
+
+        data = self.tokens[rows]
+        if self.decode is not None:
+            return torch.from_numpy(np.ascontiguousarray(data))
+        return torch.from_numpy(widen(data)).to(self.dtype)
+
+
+def token_scorer(tokens: np.ndarray, offsets: np.ndarray, device: str = "cpu") -> NumpyTokens | TorchTokens:
+    """The exact MaxSim scorer of a token store on ``device`` ('cpu': numpy; else torch there)."""
+    return NumpyTokens(tokens, offsets) if device == "cpu" else TorchTokens(tokens, offsets, device)
+
+
+__all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "padded_rows",
+           "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]
