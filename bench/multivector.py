@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from common import dir_bytes, md_table, ratio, timed, write_results
 
-from retr.indexers.maxsim import CELLS, QUERY_GROUP, maxsim_batch, top_k
+from retr.scoring.maxsim import CELLS, QUERY_GROUP, maxsim_batch, top_k
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -162,9 +162,9 @@ def exact_section(col: Collection, args: argparse.Namespace,
     for spec, label in (("maxsim", "float16"), ("maxsim:dtype=float32", "float32")):
         index, build_s = built(spec, col.docs)
         res = measure(f"retr {spec} (exact, {label})", index, col.queries, args.single, args.repeats)
-        res.build_s, res.token_bytes = build_s, float(index.dtype.itemsize * index.dim)
+        res.build_s, res.token_bytes = build_s, float(index.store.dtype.itemsize * index.dim)
         out.append(res)
-    tokens = np.asarray(index._tokens)
+    tokens = np.asarray(index.store.tokens.array)
     q_len = np.mean([len(q) for q in col.queries])
     flops = 2.0 * q_len * tokens.size  # per query
     groups = -(-len(col.queries) // QUERY_GROUP)  # a batch streams the tokens once per group of queries
@@ -180,7 +180,7 @@ def exact_section(col: Collection, args: argparse.Namespace,
                          f"{per_query / seconds / bandwidth:.1%} of memory bandwidth; {flops / seconds / 1e9:.1f} "
                          f"GFLOP/s = {flops / seconds / peak[label]:.0%} of the float32 matrix product of the same "
                          f"shapes ({peak[label] / 1e9:.1f} GFLOP/s)")
-    scores = maxsim_batch(col.queries, tokens, index._offsets)
+    scores = maxsim_batch(col.queries, tokens, index.store.offsets.array)
     ranked = -np.sort(-scores, axis=1)
     gap = (ranked[:, 9] - ranked[:, 10]) / ranked[:, 9]
     lines.append(f"exact scores, gap between the 10th and 11th document relative to the 10th score: median "
@@ -199,7 +199,7 @@ def plaid_results(col: Collection, args: argparse.Namespace) -> list[Result]:
         q = index.quantizer
         res.build_s, res.token_bytes = build_s, float(q.code_size)
         res.extra = {"tables_per_token": q.table_bytes / n_tokens, "centroids": len(q.centroids),
-                     "decoded": q.decode(np.asarray(index._codes)), "quantizer": q}
+                     "decoded": q.decode(np.asarray(index.codes)), "quantizer": q}
         out.append(res)
         print(f"{spec}: done", flush=True)
     return out
@@ -212,7 +212,7 @@ def muvera_results(col: Collection, args: argparse.Namespace) -> list[Result]:
         for depth in args.candidates:
             index.candidates = depth  # the FDE index is built once; candidates only matter at search
             res = measure(f"retr {spec},candidates={depth}", index, col.queries, args.single, args.repeats)
-            res.build_s, res.token_bytes = build_s, float(index._store.dtype.itemsize * index.dim)
+            res.build_s, res.token_bytes = build_s, float(index._store.store.dtype.itemsize * index.dim)
             res.extra = {"candidates": depth}
             out.append(res)
         print(f"{spec}: done", flush=True)

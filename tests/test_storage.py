@@ -91,3 +91,53 @@ def test_object_arrays_are_refused(tmp_path):
 
     with pytest.raises(RetrError, match="cannot read"):
         load_array(tmp_path / "obj.npy", mmap=False)
+
+
+def test_growing_array_on_disk_equals_the_concatenation_and_reopens(tmp_path):
+    from retr.storage import GrowingArray
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((n, 7)).astype(np.float32) for n in (5, 0, 12, 1)]
+    grown = GrowingArray(np.float32, None, tmp_path / "a.npy")
+    for block in blocks:
+        grown.append(block)
+    np.testing.assert_array_equal(grown.rows(3, 9), np.concatenate(blocks)[3:9])  # read back while writing
+    whole = grown.array
+    assert isinstance(whole, np.memmap) and whole.shape == (18, 7)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.concatenate(blocks))  # an ordinary .npy
+    again = GrowingArray.reopen(tmp_path / "a.npy")
+    again.append(np.ones((2, 7), np.float32))
+    assert np.load(tmp_path / "a.npy").shape == (20, 7)
+    with pytest.raises(RetrError, match="rows of shape"):
+        again.append(np.ones((2, 3), np.float32))
+
+
+def test_a_closed_array_survives_its_directory_being_renamed(tmp_path):
+    from retr.storage import GrowingArray
+
+    (tmp_path / "tmp").mkdir()
+    grown = GrowingArray(np.int64, (), tmp_path / "tmp" / "x.npy")
+    grown.append(np.arange(10))
+    grown.close()
+    (tmp_path / "tmp").rename(tmp_path / "final")
+    assert grown.array.sum() == 45  # the mapping outlives the rename
+    grown.append(np.arange(3))  # the file moved away: later rows stay in memory
+    assert len(grown) == 13 and grown.array.tolist()[-3:] == [0, 1, 2]
+
+
+def test_string_array_writer_streams_to_disk(tmp_path):
+    from retr.storage import StringArrayWriter
+
+    writer = StringArrayWriter(tmp_path, "s")
+    writer.append(["a", "ünï", ""])
+    writer.append(["last"])
+    assert writer.read(1, 4) == ["ünï", "", "last"]
+    assert list(writer.finish()) == ["a", "ünï", "", "last"]
+    assert list(StringArray.load(tmp_path, "s")) == ["a", "ünï", "", "last"]
+
+
+def test_saving_a_mapped_array_onto_itself_keeps_it(tmp_path):
+    save_array(tmp_path / "a.npy", np.arange(5.0))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    save_array(tmp_path / "a.npy", mapped)
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]

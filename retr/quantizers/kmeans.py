@@ -13,7 +13,7 @@ import numpy as np
 
 from retr.errors import RetrError
 
-ASSIGN_ROWS = 1 << 16  # points assigned at once on the GPU
+ASSIGN_ROWS = 1 << 14  # points assigned to centroids at once
 
 
 def normalize_rows(x: Any) -> Any:
@@ -27,6 +27,23 @@ def _gpu() -> str | None:
     except ImportError:
         return None
     return "cuda" if torch.cuda.is_available() else None
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, device: str | None = None) -> np.ndarray:
+    """int32 (n,): each row's centroid of largest inner product (torch on a GPU when there is one)."""
+    device = device if device is not None else _gpu()
+    out = np.empty(len(x), dtype=np.int32)
+    if device is None:
+        for s in range(0, len(x), ASSIGN_ROWS):
+            out[s : s + ASSIGN_ROWS] = np.argmax(np.asarray(x[s : s + ASSIGN_ROWS], np.float32) @ centroids.T, axis=1)
+        return out
+    import torch
+
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32)).to(device)
+    for s in range(0, len(x), ASSIGN_ROWS):
+        block = torch.from_numpy(np.ascontiguousarray(x[s : s + ASSIGN_ROWS], dtype=np.float32)).to(device)
+        out[s : s + len(block)] = (block @ c.T).argmax(1).int().cpu().numpy()
+    return out
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 10, seed: int = 42, device: str | None = None) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from retr.errors import RetrError
-from retr.quantizers.kmeans import normalize_rows, spherical_kmeans
+from retr.quantizers.kmeans import nearest_centroids, normalize_rows, spherical_kmeans
 from retr.storage import load_array, save_array
 
 CENTROIDS_FILE, CUTOFFS_FILE, WEIGHTS_FILE = "centroids.npy", "cutoffs.npy", "weights.npy"
@@ -151,12 +151,8 @@ class ResidualQuantizer:
         self.weights = np.quantile(residuals, weight_q, axis=0).T.astype(np.float32).copy()
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
-        """Nearest centroid (largest inner product) of each vector, int32."""
-        c = self._need_trained()
-        out = np.empty(len(vectors), dtype=np.int32)
-        for s in range(0, len(vectors), CHUNK):
-            out[s : s + CHUNK] = np.argmax(np.asarray(vectors[s : s + CHUNK], np.float32) @ c.T, axis=1)
-        return out
+        """Nearest centroid (largest inner product) of each vector, int32 (on a GPU when there is one)."""
+        return nearest_centroids(vectors, self._need_trained())
 
     def centroid_ids(self, codes: np.ndarray) -> np.ndarray:
         """int32 (n,) centroid ids read from the first bytes of (n, code_size) codes."""

@@ -16,7 +16,10 @@ Two backends give the same answer:
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +31,7 @@ from retr.scoring.topk import top_k
 CELLS = 1 << 24  # similarity-matrix entries the numpy path computes at once (64 MB of float32)
 GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stays in cache for the product)
 QUERY_GROUP = 64  # queries the numpy path scores together in one pass over the documents
+REDUCERS = max(1, (os.cpu_count() or 1) // 4)  # threads reducing similarity chunks while the next product runs
 BLOCK_TOKENS = 1 << 22  # padded tokens in one torch tier block (the unit kept resident or streamed)
 TORCH_CELLS = {"cuda": 1 << 29, "cpu": 1 << 24}  # similarity entries one torch step computes at once
 
@@ -56,7 +60,8 @@ def maxsim_batch(
     All query tokens are multiplied with a chunk of document tokens at once (one matrix
     product), reduced to a max per document segment (``np.maximum.reduceat``) and summed
     per query (``np.add.reduceat``). Chunks end on document boundaries and hold about
-    ``cells / total query tokens`` tokens, which bounds memory. With ``rows``, the documents
+    ``cells / total query tokens`` tokens, which bounds memory; the single-threaded
+    reductions of a chunk run in ``REDUCERS`` threads while the next product runs. With ``rows``, the documents
     are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
     gathered ``GATHER`` at a time so each chunk is still in cache for its product, float16
     rows in whole chunks (each faiss widening call costs milliseconds of fixed overhead).
@@ -74,20 +79,30 @@ def maxsim_batch(
     chunk = max(1, cells // len(q_all))
     if rows is not None and doc_tokens.dtype == np.float32:
         chunk = min(chunk, GATHER)
-    d0 = 0
-    while d0 < n_docs:
-        # the documents whose tokens fit in one chunk (at least one document)
-        d1 = int(np.searchsorted(offsets, offsets[d0] + chunk, side="right")) - 1
-        d1 = min(max(d1, d0 + 1), n_docs)
-        t0, t1 = int(offsets[d0]), int(offsets[d1])
-        if t1 > t0:
-            block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-            sims = q_all @ widen(block).T  # (sum q_len, tokens)
-            lengths = np.diff(offsets[d0 : d1 + 1])
-            nonempty = np.flatnonzero(lengths > 0)
-            best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
-            out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
-        d0 = d1
+
+    def reduce(d0: int, d1: int, t0: int, sims: np.ndarray) -> None:
+        lengths = np.diff(offsets[d0 : d1 + 1])
+        nonempty = np.flatnonzero(lengths > 0)
+        best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
+        out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
+
+    # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads
+    pending: collections.deque = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
+        d0 = 0
+        while d0 < n_docs:
+            # the documents whose tokens fit in one chunk (at least one document)
+            d1 = int(np.searchsorted(offsets, offsets[d0] + chunk, side="right")) - 1
+            d1 = min(max(d1, d0 + 1), n_docs)
+            t0, t1 = int(offsets[d0]), int(offsets[d1])
+            if t1 > t0:
+                block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
+                pending.append(pool.submit(reduce, d0, d1, t0, q_all @ widen(block).T))
+                while len(pending) > REDUCERS:
+                    pending.popleft().result()
+            d0 = d1
+        for job in pending:
+            job.result()
     return out
 
 

@@ -187,14 +187,19 @@ def test_interrupted_save_keeps_the_existing_index(dense, tmp_path, monkeypatch)
     assert len(open_index(path).search("shock wave", 3)) == 3
 
 
-def test_corrupt_faiss_file_is_caught_on_open(dense, tmp_path):
+def test_corrupt_vectors_are_caught_on_open(dense, tmp_path):
     path = dense.save(tmp_path / "idx")
-    faiss_file = path / "index" / "faiss.index"
-    data = bytearray(faiss_file.read_bytes())
+    vectors = path / "index" / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
     data[len(data) // 2] ^= 0x01
-    faiss_file.write_bytes(bytes(data))
+    vectors.write_bytes(bytes(data))
     with pytest.raises(RetrError, match="fails its checksum"):
         open_index(path)
+    data[len(data) // 2] ^= 0x01
+    data[20:30] = b"garbage!!!"  # a damaged header: even without checksums, refused on open
+    vectors.write_bytes(bytes(data))
+    with pytest.raises(RetrError, match="cannot read .*vectors.npy"):
+        open_index(path, verify=False)
 
 
 def test_second_encoding_comes_from_the_cache(dense, cranfield, monkeypatch):
