@@ -114,7 +114,8 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
               "recall": recall(ids, exact), "bytes_per_token": bytes_per_token, "gpu_gib": memory,
               "fits_h200_tokens": GPU_MEMORY / bytes_per_token, **extra})
 
-    for spec in ("maxsim", *args.plaid_specs):
+    muvera = [args.muvera] if args.muvera and size <= args.muvera_max else []
+    for spec in ("maxsim", *args.plaid_specs, *muvera):
         reset()
         build_s, index = timed(lambda: _built(INDEXES, spec, docs))
         start = time.perf_counter()
@@ -122,9 +123,10 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
         index.search(qs[:1], K)  # moves (and tiers) the store once
         build_s += time.perf_counter() - start
         one, batch, ids = rates(lambda q: index.search(q, K)[1], qs, args.single)
-        per_token = 2 * index.dim if spec == "maxsim" else index.quantizer.code_size
-        emit_system(f"retr {spec} (GPU)", build_s, one, batch, ids, per_token, peak())
-        if spec == args.cpu_reference or spec == "maxsim":
+        per_token = 2 * index.dim if spec.startswith(("maxsim", "muvera")) else index.quantizer.code_size
+        fde = {"fde_bytes_per_doc": index._inner.quantizer.code_size} if spec.startswith("muvera") else {}
+        emit_system(f"retr {spec} (GPU)", build_s, one, batch, ids, per_token, peak(), **fde)
+        if spec in (args.cpu_reference, "maxsim", args.muvera):
             index.use_device("cpu")
             one, batch, ids = rates(lambda q: index.search(q, K)[1], qs[: args.cpu_queries], min(args.single, 20))
             extra: dict[str, Any] = {"note": f"recall over {len(ids)} queries"}
@@ -230,6 +232,8 @@ def main() -> None:
     parser.add_argument("--cpu-queries", type=int, default=64, help="queries for the CPU reference rows")
     parser.add_argument("--plaid", default="plaid:nbits=2,plaid:nbits=4,plaid:residual=pq,m=96")
     parser.add_argument("--cpu-reference", default="plaid:nbits=4", help="the compressed spec also run on the CPU")
+    parser.add_argument("--muvera", default="muvera:inner=pq,inner_M=1280,candidates=1000")
+    parser.add_argument("--muvera-max", type=int, default=100000, help="largest slice MUVERA is built on")
     parser.add_argument("--dense-size", type=int, default=794232)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--device", default="cuda", help="torch:cpu runs the GPU code on the CPU (a smoke test)")

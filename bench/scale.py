@@ -46,8 +46,9 @@ TYPES: dict[str, tuple[str, str, str]] = {  # name -> (encoder family, index spe
     "flat": ("dense", "flat", "flat"),
     "hnsw": ("dense", "hnsw", "flat"),
     "ivfpq": ("dense", "ivfpq:M=48,nprobe=16", "flat"),
-    "ivfpq+refine": ("dense", "ivfpq:M=48,nprobe=16,refine=200", "flat"),
+    "ivfpq+refine": ("dense", "ivfpq:M=48,nprobe=128,refine=200", "flat"),
     "pq": ("dense", "pq:M=48", "flat"),
+    "pq+refine": ("dense", "pq:M=48,refine=200", "flat"),
     "bebr": ("dense", "bebr:u=4", "flat"),
     "maxsim": ("colbert", "maxsim", "maxsim"),
     "plaid": ("colbert", "plaid:nbits=4", "maxsim"),
@@ -228,7 +229,7 @@ def measure(args: argparse.Namespace) -> None:
             record["disk_bytes_per_doc"] = sum(f.stat().st_size for f in index_dir.rglob("*") if f.is_file()) / size
             query_dir = save_queries(family, args.model, texts, work)
             for device in args.devices.split(","):
-                if device != "cpu" and name not in ("flat", "maxsim", "plaid", "muvera", "ivfpq+refine"):
+                if device != "cpu" and name not in ("flat", "maxsim", "plaid", "muvera", "ivfpq+refine", "pq+refine"):
                     continue
                 result = work / f"search-{name}-{size}-{device}.json"
                 cmd = ["scale", "--search-worker", str(index_dir), str(query_dir), str(len(texts)), device,

@@ -65,6 +65,7 @@ class Index(Protocol):
     #   training_size(n) -> int, train(reps, n), trained: an index that trains (IVF, PQ, BEBR, PLAID,
     #       MUVERA over a trained inner index) says how many of n documents to sample, then trains
     #       on their representations before the build adds the whole corpus in chunks
+    #   relocate(directory): the staged directory was renamed into place (for files reopened by path)
     #   use_device(device): run exact scoring on a device (``retr.scoring``)
 
 

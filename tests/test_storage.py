@@ -107,6 +107,7 @@ def test_growing_array_on_disk_equals_the_concatenation_and_reopens(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.concatenate(blocks))  # an ordinary .npy
     again = GrowingArray.reopen(tmp_path / "a.npy")
     again.append(np.ones((2, 7), np.float32))
+    again.close()
     assert np.load(tmp_path / "a.npy").shape == (20, 7)
     with pytest.raises(RetrError, match="rows of shape"):
         again.append(np.ones((2, 3), np.float32))

@@ -27,7 +27,7 @@ from retr.errors import RetrError
 from retr.indexers._jvm import ensure_jvm
 from retr.sparse import SparseVectors, as_sparse, is_integer
 
-LUCENE_DIR = "lucene"
+LUCENE_DIR, STAGED_DIR = "lucene", "staged"
 
 
 class LuceneIndex:
@@ -73,38 +73,55 @@ class LuceneIndex:
             raise RetrError("a lucene index can be staged on disk only before documents are added")
         self._work = directory
 
+    def relocate(self, directory: Path) -> None:
+        """The index directory it was staged in now lives at ``directory`` (renamed into place)."""
+        self._work, self._temporary, self._searcher = None, False, None
+        self._built = Path(directory) / LUCENE_DIR
+
     def add(self, reps: Any) -> None:
-        """Index ``reps`` now (appending to what is there), under ids continuing from ``len(self)``."""
+        """Stage ``reps`` (Anserini JSON documents appended to one file) under ids continuing from ``len(self)``.
+
+        Lucene indexes the staged file in one pass when the index is first searched or saved:
+        one writer over the whole corpus in corpus order, whatever the chunks were.
+        """
         if self._work is None:
             if self._built is not None:
                 raise RetrError("this Lucene index was opened from disk and is read-only; rebuild it to add documents")
             self._work, self._temporary = Path(tempfile.mkdtemp(prefix="retr-lucene-")), True
         docs, count = self._documents(reps)
-        staged = self._work / f"docs-{self._count}"
-        staged.mkdir()
-        with open(staged / "docs.jsonl", "w", encoding="utf-8") as fh:
+        (self._work / STAGED_DIR).mkdir(exist_ok=True)
+        with open(self._work / STAGED_DIR / "docs.jsonl", "a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(doc) + "\n" for doc in docs)
+        self._count += count
+        self._built, self._searcher = None, None
+
+    def _directory(self) -> Path:
+        if self._built is None:
+            if self._work is None or not (self._work / STAGED_DIR).is_dir():
+                raise RetrError("the index is empty: add documents before searching")
+            self._index_staged()
+        return self._built
+
+    def _index_staged(self) -> None:
+        """One Anserini IndexCollection run over the staged documents (replacing any earlier build)."""
         ensure_jvm()
         from jnius import autoclass
 
         out = self._work / LUCENE_DIR
+        shutil.rmtree(out, ignore_errors=True)
         collection = (["-collection", "JsonCollection"] if self.kind == "text"
                       else ["-collection", "JsonVectorCollection", "-impact", "-pretokenized"])
-        args = collection + ["-generator", "DefaultLuceneDocumentGenerator", "-input", str(staged),
+        args = collection + ["-generator", "DefaultLuceneDocumentGenerator", "-input", str(self._work / STAGED_DIR),
                              "-index", str(out), "-threads", str(self.threads), "-quiet"]
-        autoclass("io.anserini.index.IndexCollection").main(args + (["-append"] if self._count else []))
-        shutil.rmtree(staged)
-        self._count += count
-        self._built, self._searcher = out, None
-
-    def _directory(self) -> Path:
-        if self._built is None:
-            raise RetrError("the index is empty: add documents before searching")
-        return self._built
+        autoclass("io.anserini.index.IndexCollection").main(args)
+        self._built = out
 
     def save(self, directory: Path) -> None:
-        if Path(directory).absolute() != self._directory().parent.absolute():  # not built in place
-            shutil.copytree(self._directory(), directory / LUCENE_DIR)
+        built = self._directory()
+        if Path(directory).absolute() != built.parent.absolute():  # not built in place
+            shutil.copytree(built, directory / LUCENE_DIR)
+        else:  # staged in the index being written: the staged documents are not part of it
+            shutil.rmtree(Path(directory) / STAGED_DIR, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: Path, config: dict[str, Any], count: int) -> "LuceneIndex":

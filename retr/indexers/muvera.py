@@ -92,6 +92,10 @@ class MuveraIndex:
             (directory / FDE_DIR).mkdir(exist_ok=True)
             self._inner.stage(directory / FDE_DIR)
 
+    def relocate(self, directory: Path) -> None:
+        if hasattr(self._inner, "relocate"):
+            self._inner.relocate(Path(directory) / FDE_DIR)
+
     def use_device(self, device: str) -> None:
         self._store.use_device(device)
         if hasattr(self._inner, "use_device"):

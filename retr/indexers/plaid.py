@@ -79,7 +79,7 @@ class PlaidIndex:
     name = "plaid"
     kind = "multi"
 
-    def __init__(self, nbits: int = 2, n_centroids: int = 0, nprobe: int | None = None, t_cs: float | None = None,
+    def __init__(self, nbits: int = 4, n_centroids: int = 0, nprobe: int | None = None, t_cs: float | None = None,
                  ndocs: int | None = None, seed: int = 42, residual: str = "bits", m: int = 0) -> None:
         if (nprobe is not None and nprobe < 1) or (ndocs is not None and ndocs < 1):
             raise RetrError("plaid needs nprobe >= 1 and ndocs >= 1 (or leave them unset: they follow k)")

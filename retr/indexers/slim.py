@@ -91,6 +91,15 @@ class SlimIndex:
         pooled = quantize(pool(tokens.rows(), vectors.offsets, "max"), self.scale)
         self._inner.add(SparseVectors(pooled, self._vocab))
 
+    def stage(self, directory: Path) -> None:
+        if hasattr(self._inner, "stage"):
+            (directory / INNER_DIR).mkdir(exist_ok=True)
+            self._inner.stage(directory / INNER_DIR)
+
+    def relocate(self, directory: Path) -> None:
+        if hasattr(self._inner, "relocate"):
+            self._inner.relocate(Path(directory) / INNER_DIR)
+
     @property
     def _tokens(self) -> CsrArrays:
         if len(self._token_blocks) > 1:
@@ -126,7 +135,7 @@ class SlimIndex:
         self._tokens.save(directory, "tokens")
         save_array(directory / OFFSETS_FILE, self._offsets)
         StringArray.from_strings(self._vocab or []).save(directory, "vocab")
-        (directory / INNER_DIR).mkdir()
+        (directory / INNER_DIR).mkdir(exist_ok=True)
         self._inner.save(directory / INNER_DIR)
 
     @classmethod

@@ -174,6 +174,8 @@ class Retriever:
                 retriever = cls._build(corpus, encoder, index, tmp, store_text, chunk_size, seed)
                 retriever._write(tmp)
             retriever.path = out.absolute()
+            if hasattr(index, "relocate"):  # files it reopens by path (Lucene) moved with the directory
+                index.relocate(retriever.path / INDEX_DIR)
         retriever.build_seconds = time.perf_counter() - start
         return retriever
 

@@ -70,7 +70,7 @@ def test_ivfpq_nprobe_trades_recall(doc_vectors):
     full = INDEXES.create("ivfpq:nlist=16,M=16,nprobe=16")
     full.add(doc_vectors)
     one = INDEXES.create("ivfpq:nlist=16,M=16,nprobe=1")
-    one.quantizer, one._codes = full.quantizer, full.codes
+    one.quantizer, one._codes = full.quantizer, full._codes
     queries = doc_vectors[::20]
     exact = np.argsort(-(queries @ doc_vectors.T), axis=1)[:, :10]
     recall = [np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ix.search(queries, 10)[1], exact)]) for ix in (one, full)]

@@ -10,7 +10,7 @@ from retr.scoring.maxsim import maxsim_batch, padded_rows, tier_lengths, token_r
 def test_top_k_breaks_ties_by_lowest_id_across_the_partition():
     scores = np.array([[0.5, 0.9, 0.5, 0.5, 0.1, 0.5, 0.9]], dtype=np.float32)
     s, i = top_k(scores, 4)
-    assert i.tolist() == [[1, 6, 0, 2]] and s.tolist() == [[0.9, 0.9, 0.5, 0.5]]
+    assert i.tolist() == [[1, 6, 0, 2]] and s.tolist() == np.float32([[0.9, 0.9, 0.5, 0.5]]).tolist()
     s, i = top_k(np.array([[1.0, -np.inf, 2.0]], np.float32), 5)
     assert i.tolist() == [[2, 0, -1, -1, -1]] and np.isneginf(s[0, 2:]).all()
     a = top_k(scores[:, :4], 2)
