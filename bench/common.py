@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 Row = list[Any]
+RENDERED = " · rendered from the raw records in bench/results/raw/ (each row names the machine it ran on)"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, write_results  # noqa: E402
+from common import RENDERED, md_table, write_results  # noqa: E402
 from scale import REPO, corpus_slice, machine  # noqa: E402
 
 
@@ -158,7 +158,7 @@ def report(paths: list[str]) -> None:
             for r in records]
     write_results("encoding", "Encoding throughput: retr index against the library underneath", [md_table(
         ["encoder", "system", "documents", "seconds", "docs/s", "throughput vs baseline", "machine"], rows)],
-        os.getloadavg()[0])
+        os.getloadavg()[0], RENDERED)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, write_results  # noqa: E402
+from common import RENDERED, md_table, write_results  # noqa: E402
 from scale import corpus_slice, machine, queries  # noqa: E402
 
 K = 10
@@ -221,7 +221,7 @@ def report(paths: list[str]) -> None:
     header = ["documents", "system", "recall@10 of exact", "q/s one at a time", "q/s batched", "bytes/token (vector)",
               "peak GPU GiB", "build s", "tokens fitting 139 GB", "note"]
     write_results("gpu", "GPU search: exact MaxSim and PLAID codes vs FastPlaid", ["## Measurements\n\n" +
-                  md_table(header, rows)], os.getloadavg()[0])
+                  md_table(header, rows)], os.getloadavg()[0], RENDERED)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, write_results  # noqa: E402
+from common import RENDERED, md_table, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RETR_DATA", REPO.parent / "shared" / "data")) / "pypi-summaries"
@@ -310,14 +310,14 @@ def report(paths: list[str]) -> None:
             continue
         sizes = [r["size"] for r in mine]
         cells = [name]
-        for key, unit in (("build_s", "h"), ("build_rss_gib", "GiB"), ("disk_bytes_per_doc", "GB"),
+        for key, unit in (("build_s", "min"), ("build_rss_gib", "GiB"), ("disk_bytes_per_doc", "GB"),
                           ("search_rss_gib", "GiB"), ("batch_qps", "q/s")):
             got = fit(sizes, [r.get(key) for r in mine])
             if got is None:
                 cells.append("–")
                 continue
             slope, value = got
-            value = value / 3600 if unit == "h" else value * MSMARCO / 1e9 if unit == "GB" else value
+            value = value / 60 if unit == "min" else value * MSMARCO / 1e9 if unit == "GB" else value
             cells.append(f"n^{slope:.2f} → {value:,.1f} {unit}")
         growth.append(cells)
     sections.append("## Fitted growth (power law over the sizes measured) and MS MARCO (8.8M passages)\n\n" + md_table(
@@ -328,7 +328,8 @@ def report(paths: list[str]) -> None:
             [[r["type"], f"{r['size']:,}", f"{r['seconds']:.1f}", f"{r['docs_per_s']:,.0f}",
               f"{r['machine']['cpus']} cores" + (f", {r['machine']['gpu']}" if r["machine"].get("gpu") else "")]
              for r in encodes]))
-    write_results("scale", "Scale: index types on growing slices of pypi-summaries", sections, os.getloadavg()[0])
+    write_results("scale", "Scale: index types on growing slices of pypi-summaries", sections, os.getloadavg()[0],
+                  RENDERED)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
