@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -75,3 +76,23 @@ def write_results(name: str, title: str, sections: Sequence[str], load: float, d
     out.write_text("\n\n".join([header, *sections]) + "\n", encoding="utf-8")
     print(f"\nwritten to {out.relative_to(RESULTS.parent.parent)}")
     return out
+
+
+def tradeoff_charts(name: str, records: Sequence[dict[str, Any]], quality: str, title: str,
+                    cost: str = "bytes_per_doc") -> str:
+    """Keep ``records`` as bench/results/raw/``name``.json and draw, per dataset, ``quality`` against ``cost`` and
+    against queries/s (bench/results/``name``-DATASET-*.png / .svg); returns the Markdown that shows them."""
+    from retr.eval.plots import tradeoff_plot
+
+    raw = RESULTS / "raw" / f"{name}.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(list(records), indent=1) + "\n")
+    lines = [f"### Trade-offs (points from bench/results/raw/{name}.json; the line is the Pareto frontier)"]
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        mine = [r for r in records if r["dataset"] == dataset]
+        for axis, is_cost in ((cost, True), ("qps", False)):
+            stem = f"{name}-{dataset}-{quality.replace('@', '')}-vs-{axis}"
+            label = title if is_cost else f"{quality} against queries/s"
+            tradeoff_plot(mine, axis, quality, RESULTS / stem, cost=is_cost, title=f"{dataset}: {label}")
+            lines.append(f"![{dataset}: {quality} against {axis}]({stem}.png)")
+    return "\n\n".join(lines)

@@ -34,10 +34,11 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_windows, md_table, ratio, write_results  # noqa: E402
+from common import best_windows, md_table, ratio, tradeoff_charts, write_results  # noqa: E402
 from foundation import topk  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+RECORDS: list[dict[str, Any]] = []  # one per index row: the trade-off chart's points, kept as JSON
 MODEL = "all-MiniLM-L6-v2"
 HELD_OUT, K = 0.5, 100
 PQ_SPECS = ["pq:M=8", "pq:M=16", "pq:M=24", "pq:M=48", "opq:M=16", "ivfpq:M=48,nprobe=8"]
@@ -80,6 +81,8 @@ def quality_section(ds: Any, work: Path) -> tuple[list[list[Any]], dict[str, Any
         reopened = retr.open_index(path)
         same = to_run(hq, doc_ids, *reopened.index.search(q_emb_held, K)) == held_run
         code = getattr(getattr(index, "quantizer", None), "code_size", 4 * dim) + extra
+        RECORDS.append({"dataset": ds.name, "name": label.split(" (")[0], "bytes_per_doc": code,
+                        "ndcg@10": m["ndcg@10"], "recall@100": m["recall@100"], "qps": len(hq) / seconds})
         rows.append([label, code, f"{4 * dim / code:.0f}×", f"{m['ndcg@10']:.4f}", f"{m['recall@100']:.4f}",
                      all_ndcg, f"{len(hq) / seconds:.0f}", f"{build_s:.1f}", "yes" if same else "NO"])
         print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
@@ -189,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"JPQ trains on the other queries only. The quality table's q/s are timed row by row (best of 3 "
             f"windows, not interleaved): on a busy machine compare speeds only inside the speed table, whose "
             f"windows are interleaved.")
-    write_results("compression", "retr compression benchmark", [note, *sections], load,
+    charts = tradeoff_charts("compression", RECORDS, "ndcg@10", "nDCG@10 (held-out queries) against bytes per vector")
+    write_results("compression", "retr compression benchmark", [note, *sections, charts], load,
                   f" · {args.threads} thread(s) · {time.perf_counter() - started:.0f} s")
 
 

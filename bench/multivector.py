@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import dir_bytes, md_table, ratio, timed, write_results
+from common import dir_bytes, md_table, ratio, timed, tradeoff_charts, write_results
 
 from retr.scoring.maxsim import CELLS, QUERY_GROUP, maxsim_batch, top_k
 
@@ -411,6 +411,12 @@ def main(argv: Sequence[str] | None = None) -> None:
          "stored format."),
         frontier,
     ]
+    n_tokens = sum(len(d) for d in docs)
+    records = [{"dataset": "cranfield", "name": r.name.replace("retr ", ""), "bytes_per_token": r.index_bytes / n_tokens,
+                "recall@10": recall(r.ids, exact_ids, 10), "ndcg@10": col.ndcg(r.ids), "qps": 1 / r.batch_s}
+               for r in [*exacts, *plaid, *muvera, *peers]]
+    sections.append(tradeoff_charts("multivector", records, "recall@10", "recall@10 of the exact top 10 against "
+                                    "index bytes per token", cost="bytes_per_token"))
     for s in sections:
         print(s + "\n", flush=True)
     write_results("multivector", "retr multi-vector benchmark", sections, load)

@@ -82,15 +82,22 @@ def search(
 
 @app.command(name="eval")
 def evaluate(
-    dataset: Path = typer.Argument(..., help="BEIR-layout or MS MARCO-layout folder"),
+    datasets: List[Path] = typer.Argument(..., metavar="DATASET...",
+                                          help="BEIR- or MS MARCO-layout folders, or a folder holding several"),
     retriever: List[str] = typer.Option(
         ..., "--retriever", "-r",
         help="retriever spec (repeat for a table): bm25, dense:MODEL[@INDEX], rrf[A | B], or an index path"),
     split: str = typer.Option("test", help="qrels split"),
     k: int = typer.Option(1000, "-k", help="depth of each run"),
-    out: Optional[Path] = typer.Option(None, help="folder for TREC run files and results.json"),
+    out: Optional[Path] = typer.Option(None, help="folder for run files and results JSON (OUT/DATASET/RETRIEVER.*)"),
     metric: List[str] = typer.Option(["ndcg@10", "mrr@10", "recall@100", "recall@1000", "map"], "--metric", "-m"),
-    as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json"),
+    as_json: bool = typer.Option(False, "--json", help="print results as JSON (--format json)"),
+    compare: Optional[str] = typer.Option(None, help="baseline retriever (one of the -r specs): differences, paired "
+                                                     "t and randomisation tests, Holm-corrected, wins/ties/losses"),
+    alpha: float = typer.Option(0.05, help="significance level after Holm's correction"),
+    resume: bool = typer.Option(False, help="skip (dataset, retriever) pairs whose results are already in --out"),
+    msmarco_runs: bool = typer.Option(False, "--msmarco-runs", help="also write runs as MS MARCO submission TSV"),
     filter_spec: Optional[str] = typer.Option(
         None, "--filter", help="relevance filter on each retriever: adapter[:PATH][,threshold=..], "
                                "cosine:threshold=T, topk:k=N; adds precision/recall/F1 of the returned sets"),
@@ -100,18 +107,112 @@ def evaluate(
     held_out: float = typer.Option(0.3, help="fraction of queries in the held-out part"),
     device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N"),
 ) -> None:
-    """Evaluate retrievers on a dataset and print one table."""
-    from retr.eval.datasets import load_dataset
-    from retr.eval.harness import evaluate as run_eval, table
+    """Evaluate retrievers on one or more datasets: one table per metric (a column per dataset and the average)."""
+    from retr.eval.harness import table
 
-    data = load_dataset(dataset, split=split)
-    if queries != "all":
+    fmt = "json" if as_json else fmt
+    if filter_spec is not None or queries != "all":  # filters and query splits: one dataset, the harness directly
+        from retr.eval.datasets import load_dataset
+        from retr.eval.harness import evaluate as run_eval
         from retr.retriever.relevance_filter import split_dataset
 
-        data = split_dataset(data, queries, held_out)
-    results = run_eval(data, retriever, k=k, metrics=metric, out=out, filter=filter_spec, filter_depth=filter_depth,
-                       device=device)
-    typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if as_json else table(results))
+        if len(datasets) != 1:
+            raise RetrError("--filter and --queries take one dataset")
+        data = load_dataset(datasets[0], split=split)
+        data = split_dataset(data, queries, held_out) if queries != "all" else data
+        results = run_eval(data, retriever, k=k, metrics=metric, out=out, filter=filter_spec,
+                           filter_depth=filter_depth, device=device)
+        typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if fmt == "json" else table(results))
+        return
+    from retr.eval.leaderboard import run_leaderboard, tables
+
+    board = run_leaderboard(datasets, retriever, k=k, metrics=metric, out=out, resume=resume, split=split,
+                            device=device, msmarco=msmarco_runs, baseline=compare, alpha=alpha)
+    if fmt == "table" and len(board.datasets) == 1:  # one dataset: the familiar table with build time and q/s
+        typer.echo(table(board.results))
+        if board.comparisons:
+            typer.echo("\n" + tables(board, fmt).split("\n\n")[-1])
+        return
+    typer.echo(tables(board, fmt))
+
+
+@app.command(name="compare")
+def compare_runs(
+    run_a: Path = typer.Argument(..., metavar="RUN_A", help="baseline run: TREC or MS MARCO TSV, from any tool"),
+    run_b: Path = typer.Argument(..., metavar="RUN_B"),
+    qrels: Path = typer.Option(..., help="judgements: BEIR tsv or TREC qrels"),
+    queries_file: Optional[Path] = typer.Option(None, "--queries", help="queries file, to show the texts"),
+    metric: List[str] = typer.Option(["ndcg@10", "mrr@10", "recall@100", "map"], "--metric", "-m"),
+    top: int = typer.Option(10, help="queries shown that differ most (on the first metric)"),
+    alpha: float = typer.Option(0.05, help="significance level after Holm's correction across the metrics"),
+) -> None:
+    """Compare two run files query by query: differences, paired tests, and the queries that differ most."""
+    from retr.eval.datasets import read_qrels, read_queries
+    from retr.eval.metrics import per_query
+    from retr.eval.runs import read_run
+    from retr.eval.significance import compare as compare_pair, correct
+
+    judged = read_qrels(qrels)
+    texts = read_queries(queries_file) if queries_file else {}
+    a, b = per_query(judged, read_run(run_a), metric), per_query(judged, read_run(run_b), metric)
+    found = correct([compare_pair(qrels.stem, m, run_a.name, run_b.name, a[m], b[m]) for m in metric], alpha)
+    typer.echo(f"{run_b.name} against {run_a.name} on {found[0].queries} judged queries")
+    typer.echo(f"{'metric':<12} {'A':>8} {'B':>8} {'B - A':>8} {'t-test p':>9} {'random. p':>9} {'Holm p':>8}  W/T/L")
+    for c in found:
+        typer.echo(f"{c.metric:<12} {c.baseline_mean:>8.4f} {c.system_mean:>8.4f} {c.delta:>+8.4f} {c.t_p:>9.3g} "
+                   f"{c.randomisation_p:>9.3g} {c.holm_p:>8.3g}{'*' if c.significant else ' '} "
+                   f"{c.wins}/{c.ties}/{c.losses}")
+    first = metric[0]
+    diffs = sorted(a[first], key=lambda q: (-abs(b[first][q] - a[first][q]), q))[:top]
+    typer.echo(f"\nqueries that differ most on {first}:")
+    for q in diffs:
+        typer.echo(f"{q:>10} {a[first][q]:.4f} -> {b[first][q]:.4f} ({b[first][q] - a[first][q]:+.4f})  "
+                   f"{texts.get(q, '')[:80]}")
+
+
+plot_app = typer.Typer(no_args_is_help=True, help="Draw results as PNG and SVG (needs retr[plot]).")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("delta")
+def plot_delta(
+    run_a: Path = typer.Argument(..., metavar="RUN_A"),
+    run_b: Path = typer.Argument(..., metavar="RUN_B"),
+    qrels: Path = typer.Option(..., help="judgements: BEIR tsv or TREC qrels"),
+    metric: str = typer.Option("ndcg@10", "--metric", "-m"),
+    out: Path = typer.Option(..., help="file to write (.png and .svg beside each other)"),
+) -> None:
+    """Per-query differences of RUN_B against RUN_A, sorted (a delta plot)."""
+    from retr.eval.datasets import read_qrels
+    from retr.eval.metrics import per_query
+    from retr.eval.plots import delta_plot
+    from retr.eval.runs import read_run
+
+    judged = read_qrels(qrels)
+    a, b = per_query(judged, read_run(run_a), [metric]), per_query(judged, read_run(run_b), [metric])
+    points = delta_plot(a[metric], b[metric], metric, out, (run_a.stem, run_b.stem))
+    typer.echo(f"wrote {out.with_suffix('.png')} and .svg: {len(points)} queries")
+
+
+@plot_app.command("tradeoff")
+def plot_tradeoff(
+    records: Path = typer.Argument(..., help="JSON records (a list, or one object a line), e.g. bench/results/raw/*"),
+    x: str = typer.Option("bytes_per_doc", help="the cost or speed field"),
+    y: str = typer.Option("ndcg@10", help="the quality field"),
+    label: str = typer.Option("name", help="field naming each point"),
+    speed: bool = typer.Option(False, help="x is a speed (higher is better), not a cost"),
+    out: Path = typer.Option(..., help="file to write (.png and .svg beside each other)"),
+) -> None:
+    """Quality against cost or speed, one point per setting, with the Pareto frontier."""
+    from retr.eval.plots import tradeoff_plot
+
+    text = records.read_text() if records.is_file() else ""
+    if not text:
+        raise RetrError(f"no records in {records}")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    drawn = tradeoff_plot(rows, x, y, out, label, cost=not speed)
+    typer.echo(f"wrote {out.with_suffix('.png')} and .svg: {len(drawn['points'])} points, frontier: "
+               f"{', '.join(drawn['frontier'])}")
 
 
 @app.command(name="train-filter")

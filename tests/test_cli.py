@@ -54,9 +54,9 @@ def test_eval_prints_one_table_and_writes_runs(bm25_index, tmp_path):
                 "--out", tmp_path)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("cranfield")]
     assert len(rows) == 2 and all("0.3513" in row for row in rows)  # built on the fly == opened from disk
-    results = json.loads((tmp_path / "cranfield.results.json").read_text())
-    assert results[0]["metrics"]["recall@100"] == pytest.approx(0.7218, abs=1e-4)
-    first = open(results[0]["run_file"]).readline().split()
+    result = json.loads((tmp_path / "cranfield" / "bm25.json").read_text())
+    assert result["metrics"]["recall@100"] == pytest.approx(0.7218, abs=1e-4) and len(result["per_query"]["ndcg@10"]) == 225
+    first = open(result["run_file"]).readline().split()
     assert first[1] == "Q0" and first[3] == "1" and len(first) == 6
 
 
