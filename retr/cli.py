@@ -170,6 +170,41 @@ def compare_runs(
                    f"{texts.get(q, '')[:80]}")
 
 
+@app.command()
+def serve(
+    indexes: List[str] = typer.Argument(..., metavar="INDEX...", help="index directories, or NAME=DIR"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback unless told otherwise)"),
+    port: int = typer.Option(8080, help="port"),
+    workers: int = typer.Option(4, help="search threads (one slow query does not hold up the others)"),
+    max_body_bytes: int = typer.Option(1 << 20, help="largest request body"),
+    max_query_chars: int = typer.Option(2048, help="longest query"),
+    max_k: int = typer.Option(1000, help="largest k"),
+    max_batch: int = typer.Option(64, help="most queries in one request"),
+    timeout: float = typer.Option(30.0, help="seconds a search may take before the request gets 504"),
+    device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N"),
+    mcp: bool = typer.Option(False, "--mcp", help="speak MCP over stdio (a search tool for agents) instead of HTTP"),
+) -> None:
+    """Serve indexes over HTTP: /search, /indexes, /health, a search page at /, OpenAPI at /docs."""
+    from retr.serve.app import Limits, parse_index_args
+
+    limits = Limits(max_body_bytes, max_query_chars, max_k, max_batch, timeout, workers)
+    named = parse_index_args(indexes)
+    if mcp:
+        from retr.serve.mcp_server import mcp_server
+
+        mcp_server(named, limits, device).run("stdio")
+        return
+    try:
+        import uvicorn
+    except ImportError:
+        raise RetrError("retr serve needs FastAPI and uvicorn: pip install 'retr[serve]'") from None
+    from retr.serve.app import create_app
+
+    app = create_app(named, limits, device)
+    typer.echo(f"serving {', '.join(named)} on http://{host}:{port}/ (search page), /docs (API)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 plot_app = typer.Typer(no_args_is_help=True, help="Draw results as PNG and SVG (needs retr[plot]).")
 app.add_typer(plot_app, name="plot")
 

@@ -25,6 +25,7 @@ from retr.storage import load_array, save_array
 
 SHARD_FILES = ("keys.npy", "offsets.npy", "rows.npy")
 SHIFT = 32  # a cached text's location: shard number << SHIFT | row in the shard
+QUERY_MIN_WRITE = 32  # query batches smaller than this are encoded without being stored
 _OPEN: dict[tuple[str, str], "EmbeddingCache"] = {}
 _LOCK = threading.Lock()
 
@@ -37,13 +38,18 @@ def cache_root() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "retr"
 
 
-def open_cache(key: str) -> "EmbeddingCache":
-    """The process's one cache object for ``key`` under the current cache root (its index is built once)."""
+def open_cache(key: str, role: str = "d") -> "EmbeddingCache":
+    """The process's one cache object for ``key`` under the current cache root (its index is built once).
+
+    Query encodings (``role="q"``) are stored only from batches of ``QUERY_MIN_WRITE`` texts: an
+    evaluation's query set is worth keeping, a service's one-query requests are not (each would
+    write a shard).
+    """
     root = cache_root()
     with _LOCK:
         cache = _OPEN.get((str(root), key))
         if cache is None:
-            cache = _OPEN[(str(root), key)] = EmbeddingCache(key, root)
+            cache = _OPEN[(str(root), key)] = EmbeddingCache(key, root, QUERY_MIN_WRITE if role == "q" else 1)
         return cache
 
 
@@ -54,8 +60,9 @@ class EmbeddingCache:
     multi-vector encoders, (terms, 2) [term id, weight] pairs for sparse ones.
     """
 
-    def __init__(self, key: str, root: Path | None = None) -> None:
+    def __init__(self, key: str, root: Path | None = None, min_write: int = 1) -> None:
         self.folder = None if root is None else root / "embeddings" / key
+        self.min_write = min_write
         self._shards: list[tuple[np.ndarray, np.ndarray]] = []  # (offsets, rows), memory-mapped
         self._where = HashIndex()  # text hash -> shard << SHIFT | row
         self._loaded = False
@@ -123,7 +130,7 @@ class EmbeddingCache:
         return np.stack([r[0] for r in results]) if results else np.zeros((0, 0), np.float32)
 
     def _write(self, keys: np.ndarray, matrices: list[np.ndarray]) -> None:
-        if self.folder is None or not matrices:
+        if self.folder is None or len(matrices) < self.min_write:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex

@@ -262,7 +262,7 @@ class ColBERTEncoder:
         if self.dtype != "float32":
             settings["dtype"] = self.dtype
         digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
-        return open_cache(f"colbert-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"colbert-{model_fingerprint(self._resolved)}-{role}-{digest}", role)
 
     def _tokenize(self, texts: Sequence[str], query: bool) -> tuple[Any, Any]:
         """Input ids and attention mask, marker inserted after [CLS], queries padded with [MASK]."""

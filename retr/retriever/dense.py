@@ -82,7 +82,7 @@ class DenseEncoder:
         settings = f"{self.normalize}-{self.st.max_seq_length}-{self.query_prefix if role == 'q' else self.doc_prefix}"
         settings += "" if self.dtype == "float32" else f"-{self.dtype}"
         key = f"dense-{model_fingerprint(self._resolved)}-{role}-{model_fingerprint(settings)}"
-        return open_cache(key)
+        return open_cache(key, role)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         """What ``SentenceTransformer.encode`` computes (its tokenizer, modules and normalisation), with the

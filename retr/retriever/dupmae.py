@@ -126,7 +126,7 @@ class DupMAEEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return open_cache(f"dupmae-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"dupmae-{model_fingerprint(self._resolved)}-{role}-{digest}", role)
 
     def halves(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The raw halves: [CLS] vectors (n, hidden) and reduced bag-of-words vectors (n, bow_dim)."""

@@ -49,7 +49,7 @@ class SlimEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return open_cache(f"slim-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"slim-{model_fingerprint(self._resolved)}-{role}-{digest}", role)
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per text a (tokens, 2 * token_terms) float32 array: term ids, then their weights."""

@@ -51,7 +51,7 @@ class SpladeEncoder:
 
     def _cache(self, role: str) -> EmbeddingCache:
         digest = hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=8).hexdigest()
-        return open_cache(f"splade-{model_fingerprint(self._resolved)}-{role}-{digest}")
+        return open_cache(f"splade-{model_fingerprint(self._resolved)}-{role}-{digest}", role)
 
     def _encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         from scipy.sparse import csr_matrix

@@ -1,0 +1,1 @@
+"""retr as a retriever in other frameworks: LangChain (``langchain``) and LlamaIndex (``llamaindex``)."""
