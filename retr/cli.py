@@ -1,4 +1,4 @@
-"""The ``retr`` command line: index, search, eval, info. It parses arguments and calls the API."""
+"""The ``retr`` command line: index, add / delete / update / compact, search, eval, info. It parses arguments and calls the API."""
 
 from __future__ import annotations
 
@@ -44,6 +44,77 @@ def index(
     retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text, chunk_size=chunk_size)
     typer.echo(f"indexed {len(retriever)} documents with {retriever.name} into {out} "
                f"({_size(out) / 2**20:.1f} MiB, {retriever.build_seconds:.1f} s)")
+
+
+@app.command()
+def add(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="index directory"),
+    corpus: Path = typer.Option(..., help="documents to add: .jsonl(.gz), .tsv or a BEIR folder"),
+) -> None:
+    """Add documents as a new segment and commit; an id already in the index is an error (use update)."""
+    _change(index_dir, lambda r: f"added {r.add(_corpus(corpus))} documents")
+
+
+@app.command()
+def update(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="index directory"),
+    corpus: Path = typer.Option(..., help="documents replacing those with the same ids (others are added)"),
+) -> None:
+    """Replace documents by id (delete + add in one commit)."""
+    _change(index_dir, lambda r: f"updated {r.update(_corpus(corpus))} documents")
+
+
+@app.command()
+def delete(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="index directory"),
+    ids: List[str] = typer.Argument(None, metavar="ID...", help="document ids to delete"),
+    ids_file: Optional[Path] = typer.Option(None, "--ids", help="a file of document ids, one per line"),
+    missing_ok: bool = typer.Option(False, help="ignore ids not in the index (else nothing is deleted)"),
+) -> None:
+    """Delete documents by id (tombstones until `retr compact`) and commit."""
+    wanted = list(ids or [])
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise RetrError(f"file not found: {ids_file}")
+        wanted += [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    if not wanted:
+        raise RetrError("name the ids to delete (arguments, or --ids FILE)")
+    _change(index_dir, lambda r: f"deleted {r.delete(wanted, missing_ok=missing_ok)} documents")
+
+
+@app.command()
+def compact(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="index directory"),
+    retrain: bool = typer.Option(False, help="train the codec again on the live documents (as a fresh build)"),
+) -> None:
+    """Rewrite the live documents as one segment: deletes dropped, BM25 statistics exact again."""
+    _change(index_dir, lambda r: (r.compact(retrain=retrain), "compacted")[1])
+
+
+def _corpus(path: Path):
+    from retr.eval.datasets import Corpus
+
+    return Corpus(path)
+
+
+def _change(index_dir: Path, change) -> None:
+    """Open the index, apply one change, commit it, and say what happened."""
+    import time
+
+    from retr.retriever.pipeline import open_index
+
+    start = time.perf_counter()
+    retriever = open_index(index_dir)
+    try:
+        done = change(retriever)
+        generation = retriever.commit()
+    except BaseException:
+        retriever.rollback()
+        raise
+    segments = retriever.index.segments
+    typer.echo(f"{done} in {time.perf_counter() - start:.1f} s: {index_dir} is at generation {generation}, "
+               f"{len(retriever)} documents in {len(segments)} segment(s), "
+               f"{sum(s.removed for s in segments)} deleted awaiting compaction")
 
 
 @app.command()
@@ -183,8 +254,10 @@ def serve(
     timeout: float = typer.Option(30.0, help="seconds a search may take before the request gets 504"),
     device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N"),
     mcp: bool = typer.Option(False, "--mcp", help="speak MCP over stdio (a search tool for agents) instead of HTTP"),
+    api_key_env: str = typer.Option("RETR_API_KEY", help="environment variable holding the key that POST / PUT / "
+                                                          "DELETE /documents need (unset: writes are off)"),
 ) -> None:
-    """Serve indexes over HTTP: /search, /indexes, /health, a search page at /, OpenAPI at /docs."""
+    """Serve indexes over HTTP: /search, /documents, /indexes, /health, a search page at /, OpenAPI at /docs."""
     from retr.serve.app import Limits, parse_index_args
 
     limits = Limits(max_body_bytes, max_query_chars, max_k, max_batch, timeout, workers)
@@ -200,7 +273,7 @@ def serve(
         raise RetrError("retr serve needs FastAPI and uvicorn: pip install 'retr[serve]'") from None
     from retr.serve.app import create_app
 
-    app = create_app(named, limits, device)
+    app = create_app(named, limits, device, api_key_env)
     typer.echo(f"serving {', '.join(named)} on http://{host}:{port}/ (search page), /docs (API)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

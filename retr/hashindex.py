@@ -46,7 +46,7 @@ class HashIndex:
         return sum(len(run[0]) for run in self._runs)
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Add keys (n, 16) uint8 with their values; a key added twice is found with either value."""
+        """Add keys (n, 16) uint8 with their values; a key added twice is found with its largest value."""
         k1, k2 = _halves(keys)
         if not len(k1):
             return
@@ -59,7 +59,7 @@ class HashIndex:
             self._runs.append((c1[merged], np.concatenate([b2, a2])[merged], np.concatenate([bv, av])[merged]))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
-        """int64 (n,): the value of each key, -1 for keys not in the index."""
+        """int64 (n,): the value of each key (the largest, for a key added twice), -1 for keys not in the index."""
         k1, k2 = _halves(keys)
         out = np.full(len(k1), -1, dtype=np.int64)
         for r1, r2, values in self._runs:
@@ -68,7 +68,6 @@ class HashIndex:
                 p = int(pos[i])  # equal first halves: compare the second over the run of equal ones
                 while p < len(r1) and r1[p] == k1[i]:
                     if r2[p] == k2[i]:
-                        out[i] = values[p]
-                        break
+                        out[i] = max(out[i], values[p])
                     p += 1
         return out

@@ -109,10 +109,47 @@ class Registry(Generic[T]):
         factory = self.get(spec.name)
         kwargs = dict(spec.settings, **extra)
         args = (spec.positional,) if spec.positional is not None else ()
+        check_settings(f"{self.family} {spec.name!r}", factory, kwargs)
         try:
             return factory(*args, **kwargs)
         except TypeError as exc:
             raise RetrError(f"{self.family} spec {str(spec)!r}: {exc}") from None
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _accepts(annotation: str, default: Any) -> tuple[str, ...]:
+    """The plain types a parameter takes, from its annotation text (``int | None``) or else its default."""
+    named = tuple(t for t in (part.strip() for part in str(annotation).split("|")) if t in TYPE_WORDS)
+    if named or annotation is not inspect.Parameter.empty:
+        return named
+    return (type(default).__name__,) if type(default).__name__ in TYPE_WORDS else ()
+
+
+def check_settings(what: str, factory: Callable[..., Any], settings: dict[str, Any]) -> None:
+    """Clear errors for settings a factory does not have, or whose value has the wrong type."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key, value in settings.items():
+        if key not in params:
+            listing = f"its settings are: {', '.join(known)}" if known else "it takes no settings"
+            raise RetrError(f"{what} has no setting {key!r}; {listing}")
+        accepts = _accepts(params[key].annotation, params[key].default)
+        if not accepts or value is None:
+            continue
+        ok = (isinstance(value, bool) and "bool" in accepts) or (not isinstance(value, bool) and (
+            (isinstance(value, int) and ("int" in accepts or "float" in accepts))
+            or (isinstance(value, float) and "float" in accepts)
+            or (isinstance(value, str) and "str" in accepts)))
+        if not ok:
+            wanted = " or ".join(TYPE_WORDS[t] for t in accepts)
+            raise RetrError(f"{what}: setting {key}={value!r} must be {wanted}")
 
 
 ENCODERS: Registry = Registry(

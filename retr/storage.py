@@ -9,20 +9,22 @@ BLAKE2 checksum are recorded, and checked when the index is opened.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from retr.errors import RetrError
 
 FORMAT = "retr-index"
-FORMAT_VERSION = 2  # 2: flat vectors as vectors.npy, arrays written with a fixed-size header as they grow
+FORMAT_VERSION = 3  # 3: segments and generations; 2: flat vectors as vectors.npy, growing arrays
 MANIFEST = "manifest.json"
 
 
@@ -58,6 +60,71 @@ def atomic_directory(
         raise
 
 
+class IndexLocked(RetrError):
+    """Another process is writing the index."""
+
+
+@contextlib.contextmanager
+def writer_lock(target: Path | str) -> Iterator[None]:
+    """Hold the one-writer lock of the index at ``target`` (fcntl, exclusive, not waited for).
+
+    The lock file sits beside the index (``.NAME.lock``), so it outlives a rebuild that replaces
+    the directory; the kernel releases it when the holder dies, so a killed writer never
+    leaves the index locked.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise IndexLocked(f"{target} is being written by another process (retr index / add / delete / "
+                              "update / compact); wait for it to finish, then try again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+READERS_DIR = ".readers"
+
+
+class ReaderHold:
+    """A reader's claim on one generation: a shared fcntl lock the writer tests before removing its files."""
+
+    def __init__(self, directory: Path, generation: int) -> None:
+        folder = directory / READERS_DIR
+        folder.mkdir(exist_ok=True)
+        self._fd: int | None = os.open(folder / f"gen-{generation:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def held_generations(directory: Path) -> set[int]:
+    """Generations some reader still holds (their lock cannot be taken exclusively); stale hold files removed."""
+    held = set()
+    folder = directory / READERS_DIR
+    for lock in folder.glob("gen-*.lock") if folder.is_dir() else []:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.unlink()
+        except OSError:
+            held.add(int(lock.stem.split("-")[1]))
+        finally:
+            os.close(fd)
+    return held
+
+
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
@@ -73,15 +140,53 @@ def checksum(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Record every file under ``directory`` with size and checksum, then the manifest."""
+def file_entries(directory: Path, paths: Iterable[Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Size and checksum of each file (every file under ``directory`` by default), by relative path."""
     files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    for path in sorted(paths if paths is not None else (p for p in directory.rglob("*") if p.is_file())):
         rel = path.relative_to(directory).as_posix()
         if rel != MANIFEST:
             files[rel] = {"bytes": path.stat().st_size, "blake2b": checksum(path)}
+    return files
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any], files: dict[str, dict[str, Any]] | None = None) -> None:
+    """Write the manifest, listing ``files`` (default: every file under ``directory``) with sizes and checksums.
+
+    The manifest is written beside its final name and renamed over it, so a reader sees the
+    old manifest or the new one, whole.
+    """
+    files = file_entries(directory) if files is None else files
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
-    (directory / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
+    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(body, indent=2, sort_keys=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def inside(directory: Path, rel: str) -> Path:
+    """``directory / rel`` for a path a manifest names; refused unless it stays inside, through no symlink."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or any(p in ("..", ".", "") for p in parts) or "\\" in rel:
+        raise RetrError(f"index {directory}: the manifest names {rel!r}, a path outside the index; refusing to open it")
+    path = directory
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise RetrError(f"index {directory}: {path.relative_to(directory)} is a symbolic link; an index holds "
+                            "plain files only (copy the files instead of linking them)")
+    return path
 
 
 def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
@@ -103,8 +208,15 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
             f"{directory} has format version {manifest.get('format_version')}, this retr "
             f"reads {FORMAT_VERSION}; rebuild the index with this version"
         )
-    for rel, meta in manifest.get("files", {}).items():
-        file = directory / rel
+    if directory.is_symlink():
+        raise RetrError(f"{directory} is a symbolic link; open the index at its real path")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise RetrError(f"{path} is corrupt (its file list is not a mapping); rebuild the index")
+    for rel, meta in files.items():
+        file = inside(directory, rel)
+        if not isinstance(meta, dict) or not isinstance(meta.get("bytes"), int):
+            raise RetrError(f"{path} is corrupt (entry {rel!r}); rebuild the index")
         if not file.is_file():
             raise RetrError(f"index {directory} is missing {rel}; rebuild it")
         if file.stat().st_size != meta["bytes"]:

@@ -129,6 +129,18 @@ class FaissIndex(ABC):
         self._index = self._make(self.dim, x, n)
         self._tune()
 
+    def empty(self) -> "FaissIndex":
+        """A new empty index of the same settings (a new segment); one trained on a sample keeps its training."""
+        new = type(self)(**self.config())
+        if self._index is not None and hasattr(self, "training_size"):
+            new.dim, new._index = self.dim, self._emptied()
+            new._tune()
+        return new
+
+    def _emptied(self) -> Any:
+        """The trained FAISS index without its vectors (for index types that train)."""
+        raise NotImplementedError
+
     def add(self, vectors: Any) -> None:
         x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
         if self._index is None:  # not trained on a sample first: train on these
@@ -222,6 +234,14 @@ class IVFIndex(FaissIndex):
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.min_points_per_centroid = 1  # small corpora: fewer than 39 points a cell, without warnings
         index.train(train)
+        return index
+
+    def _emptied(self) -> Any:
+        faiss = _faiss()
+        quantizer = faiss.clone_index(faiss.extract_index_ivf(self._index).quantizer)  # the trained cells
+        index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()
         return index
 
     def _tune(self) -> None:

@@ -14,6 +14,7 @@ with it the order of tied scores, is the corpus order (as Pyserini's BEIR runs).
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -161,7 +162,43 @@ class LuceneIndex:
         return out
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        searcher = self._open()
+        return self._run(self._open(), queries, k, lambda hit: int(hit.docid))
+
+    @classmethod
+    def search_segments(cls, indexes: list["LuceneIndex"], queries: Any, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """BM25 over several segments as one collection, ids as slots (segment after segment).
+
+        A Lucene ``MultiReader`` over the segments' directories gives BM25 the statistics of all of
+        them (document frequencies, lengths), so the scores equal one index of the same documents.
+        Impact indexes need no statistics (None: each segment is searched on its own).
+        """
+        first = indexes[0]
+        if first.kind != "text":
+            return None
+        key = tuple(str(index._directory()) for index in indexes)
+        if getattr(first, "_joined", (None,))[0] != key:
+            ensure_jvm()
+            from jnius import autoclass
+            from pyserini.search.lucene import LuceneSearcher
+
+            fs, paths = autoclass("org.apache.lucene.store.FSDirectory"), autoclass("java.nio.file.Paths")
+            opener = autoclass("org.apache.lucene.index.DirectoryReader")
+            readers = [opener.open(fs.open(paths.get(directory))) for directory in key]
+            searcher = LuceneSearcher(key[0])
+            searcher.object.reader = autoclass("org.apache.lucene.index.MultiReader")(*readers)
+            searcher.set_bm25(first.k1, first.b)
+            lucene_starts = np.cumsum([0] + [r.maxDoc() for r in readers]).tolist()
+            slot_starts = np.cumsum([0] + [len(index) for index in indexes]).tolist()
+            first._joined = (key, searcher, lucene_starts, slot_starts)
+        _, searcher, lucene_starts, slot_starts = first._joined
+
+        def slot(hit: Any) -> int:
+            return slot_starts[bisect.bisect_right(lucene_starts, hit.lucene_docid) - 1] + int(hit.docid)
+
+        return cls._run(first, searcher, queries, k, slot)
+
+    def _run(self, searcher: Any, queries: Any, k: int, slot: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One Anserini batch search; ``slot`` maps a hit to the id returned."""
         jqueries = self._java_queries(queries)
         n = len(queries)
         qids = [str(i) for i in range(n)]
@@ -180,7 +217,7 @@ class LuceneIndex:
         ids = np.full((n, k), -1, dtype=np.int64)
         for row, qid in enumerate(qids):
             row_hits = hits.get(qid, [])
-            ids[row, : len(row_hits)] = [int(h.docid) for h in row_hits]
+            ids[row, : len(row_hits)] = [slot(h) for h in row_hits]
             scores[row, : len(row_hits)] = [h.score for h in row_hits]
         return scores, ids
 

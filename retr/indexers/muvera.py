@@ -79,6 +79,14 @@ class MuveraIndex:
         """The inner index's sample (0 when it does not train: flat, hnsw)."""
         return self._inner.training_size(n) if hasattr(self._inner, "training_size") else 0
 
+    def empty(self) -> "MuveraIndex":
+        """A new empty index of the same settings: same FDE projections, the inner index's training kept."""
+        from retr.segments import spawn
+
+        new = MuveraIndex(**self.config())
+        new._inner, new._fde = spawn(self._inner), self._fde
+        return new
+
     def train(self, reps: Any, n: int) -> None:
         """Train the inner index on the encodings of a sample of the corpus (``n`` documents in all)."""
         docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")

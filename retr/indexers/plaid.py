@@ -127,6 +127,12 @@ class PlaidIndex:
     def training_size(self, n: int) -> int:
         return training_docs(n)
 
+    def empty(self) -> PlaidIndex:
+        """A new empty index of the same settings sharing these centroids and residual codec (a new segment)."""
+        new = PlaidIndex(**self.config())
+        new.quantizer = self.quantizer
+        return new
+
     def train(self, reps: Any, n: int) -> None:
         """Centroids from the tokens of a sample of documents (``n`` documents in all)."""
         docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")

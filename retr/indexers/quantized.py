@@ -85,6 +85,12 @@ class CodeIndex(ABC):
     def training_size(self, n: int) -> int:
         return self.quantizer.sample_size(n)
 
+    def empty(self) -> "CodeIndex":
+        """A new empty index of the same settings sharing this one's trained quantizer (a new segment)."""
+        new = type(self)(**self.config())
+        new.quantizer = self.quantizer
+        return new
+
     def train(self, vectors: Any, n: int) -> None:
         """Train the quantizer on a sample of the corpus (``n`` documents in all)."""
         self.quantizer.train(as_matrix(vectors, self.dim, f"training a {self.name} index"), n)
@@ -221,6 +227,11 @@ class JPQIndex(PQIndex):
         super().__init__(M=M, nbits=nbits, refine=refine)
         self.query_encoder: Any = None
         self.training: dict[str, Any] = {}  # settings and losses of the JPQ run, saved as jpq.json
+
+    def empty(self) -> JPQIndex:
+        new = super().empty()
+        new.query_encoder, new.training = self.query_encoder, self.training  # type: ignore[attr-defined]
+        return new  # type: ignore[return-value]
 
     def save(self, directory: Path) -> None:
         super().save(directory)

@@ -5,9 +5,15 @@ Endpoints (OpenAPI at ``/docs``):
 - ``GET /search?q=...&k=10&index=NAME`` and ``POST /search`` (``{"query": ...}`` or ``{"queries": [...]}``,
   ``k``, ``index`` or ``indexes`` + ``fusion`` (rrf | linear), ``filter``): hits with id, score and text;
 - ``GET /indexes``, ``GET /indexes/{name}``: what is served (encoder, index, documents, size);
+- ``POST /documents`` (add), ``PUT /documents`` (update: replace by id), ``DELETE /documents`` (by id): each
+  change is committed before the answer; they need ``Authorization: Bearer KEY`` where KEY is the value of
+  the environment variable ``RETR_API_KEY`` (or the one ``--api-key-env`` names): without it writes are off;
 - ``GET /health``; ``GET /``: the search page.
 
-Every index is opened once, at start. Searches run in a pool of worker threads (one slow query does
+Every index is opened once, at start. A write runs on a writer of its own (its own encoder, so
+searches never wait for documents being encoded), one at a time per index; after its commit the
+index is opened again at the new generation and later searches use it, while searches already
+running finish on the generation they started with. Searches run in a pool of worker threads (one slow query does
 not hold up the others) under a time limit; query encoding is serialised per encoder (tokenizers
 are not thread-safe), scoring is not. Bad requests get a 4xx JSON ``{"error": ...}`` saying what
 was wrong or which limit was hit; nothing a client sends reaches a traceback.
@@ -16,6 +22,8 @@ was wrong or which limit was hit; nothing a client sends reaches a traceback.
 
 import asyncio
 import concurrent.futures
+import hmac
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -49,10 +57,31 @@ class Served:
         if not indexes:
             raise RetrError("give at least one index directory to serve")
         self.paths = {name: Path(path) for name, path in indexes.items()}
+        self.device = device
         self.retrievers = {name: open_index(path, device=device) for name, path in self.paths.items()}
         for retriever in self.retrievers.values():
             _serialise_query_encoding(retriever)
             retriever.search("warm up", 1)  # load the model, open the files, start the JVM: before the first client
+        self._writers: dict[str, Any] = {}
+        self._write_locks = {name: threading.Lock() for name in self.paths}
+
+    def change(self, name: str, apply: Any) -> dict[str, Any]:
+        """Apply one change to index ``name`` with its writer, commit it, and serve the new generation."""
+        from retr.retriever.pipeline import open_index
+
+        with self._write_locks[name]:
+            writer = self._writers.get(name)
+            if writer is None or writer.generation != self.retrievers[name].generation:
+                writer = self._writers[name] = open_index(self.paths[name])
+            try:
+                changed = apply(writer)
+                generation = writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            reader = open_index(self.paths[name], encoder=self.retrievers[name].encoder, device=self.device)
+            self.retrievers[name] = reader
+            return {"index": name, "changed": changed, "generation": generation, "documents": len(reader)}
 
     def summary(self, name: str) -> dict[str, Any]:
         from retr.storage import read_manifest
@@ -60,6 +89,7 @@ class Served:
         manifest = read_manifest(self.paths[name], verify=False)
         files = manifest.pop("files")
         return {"name": name, "retriever": self.retrievers[name].name, "documents": manifest["num_docs"],
+                "generation": manifest.get("generation"), "segments": len(manifest.get("segments", [])),
                 "encoder": manifest["encoder"], "index": manifest["index"], "texts": manifest.get("texts", False),
                 "created": manifest.get("created"), "bytes": sum(f["bytes"] for f in files.values())}
 
@@ -158,8 +188,30 @@ def search_request_model() -> Any:
     return SearchRequest
 
 
-def create_app(indexes: dict[str, Path], limits: Limits = Limits(), device: str | None = None) -> Any:
-    """The FastAPI application serving ``indexes`` ({name: directory})."""
+def document_request_models() -> tuple[Any, Any]:
+    """The JSON bodies of the write endpoints (pydantic models, built on first use)."""
+    from pydantic import BaseModel, Field
+
+    class NewDocument(BaseModel):
+        id: str = Field(..., min_length=1, description="document id, unique in the index")
+        text: str = Field(..., min_length=1, description="the document's text")
+        title: str = Field("", description="an optional title, indexed before the text")
+
+    class Documents(BaseModel):
+        index: str | None = Field(None, description="index to change (default: the first served)")
+        documents: list[NewDocument] = Field(..., min_length=1, description="documents to add or replace")
+
+    class Deletion(BaseModel):
+        index: str | None = Field(None, description="index to change (default: the first served)")
+        ids: list[str] = Field(..., min_length=1, description="ids of the documents to delete")
+        missing_ok: bool = Field(False, description="ignore ids not in the index (else nothing is deleted)")
+
+    return Documents, Deletion
+
+
+def create_app(indexes: dict[str, Path], limits: Limits = Limits(), device: str | None = None,
+               api_key_env: str = "RETR_API_KEY") -> Any:
+    """The FastAPI application serving ``indexes`` ({name: directory}); writes need the key in ``$api_key_env``."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -167,8 +219,11 @@ def create_app(indexes: dict[str, Path], limits: Limits = Limits(), device: str 
 
     served = Served(indexes, device)
     pool = concurrent.futures.ThreadPoolExecutor(limits.workers, thread_name_prefix="retr-search")
+    writes = concurrent.futures.ThreadPoolExecutor(max(1, len(indexes)), thread_name_prefix="retr-write")
     first = next(iter(served.retrievers))
     SearchRequest = search_request_model()
+    Documents, Deletion = document_request_models()
+    api_key = os.environ.get(api_key_env) or None
 
     app = FastAPI(title="retr", description="Search retr indexes over HTTP.", version=_version(), debug=False)
 
@@ -255,6 +310,43 @@ def create_app(indexes: dict[str, Path], limits: Limits = Limits(), device: str 
         queries = [request.query] if request.query is not None else list(request.queries or [])
         names = request.indexes or [request.index or first]
         return await answer(queries, request.k, names, request.fusion, request.filter, request.filter_depth)
+
+    def authorise(request: Request) -> None:
+        if api_key is None:
+            raise Refused(403, f"writes are off: start retr serve with the environment variable {api_key_env} set "
+                               "to a key, and send it as 'Authorization: Bearer KEY'")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise Refused(401, "a write needs 'Authorization: Bearer KEY' with the service's key")
+
+    async def write(request: Request, name: str | None, apply: Any) -> dict[str, Any]:
+        authorise(request)
+        name = name or first
+        if name not in served.retrievers:
+            raise Refused(404, f"no index named {name!r}; served: {', '.join(served.retrievers)}")
+        return await asyncio.get_running_loop().run_in_executor(writes, served.change, name, apply)
+
+    def documents_of(body: Any) -> list[Any]:
+        from retr.eval.datasets import Document
+
+        if len(body.documents) > limits.max_batch * 16:
+            raise Refused(413, f"{len(body.documents)} documents is over the limit of {limits.max_batch * 16} "
+                               "a request")
+        return [Document(d.id, d.text, d.title) for d in body.documents]
+
+    @app.post("/documents", summary="Add documents (a new segment, committed); an existing id is an error")
+    async def add_documents(body: Documents, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        docs = documents_of(body)
+        return await write(request, body.index, lambda w: w.add(docs))
+
+    @app.put("/documents", summary="Replace documents by id (others are added), committed")
+    async def update_documents(body: Documents, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        docs = documents_of(body)
+        return await write(request, body.index, lambda w: w.update(docs))
+
+    @app.delete("/documents", summary="Delete documents by id, committed")
+    async def delete_documents(body: Deletion, request: Request) -> dict[str, Any]:  # type: ignore[valid-type]
+        return await write(request, body.index, lambda w: w.delete(body.ids, missing_ok=body.missing_ok))
 
     @app.get("/indexes", summary="The indexes served")
     async def list_indexes() -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import retr
 from tests.conftest import MODEL
 from tests.test_cli import RETR
 
+KEY = "test-key-0f3a"
 QUERIES = ["shock wave boundary layer interaction", "heat transfer in hypersonic flow", "flutter of thin panels"]
 
 
@@ -38,7 +39,7 @@ def server(indexes):
     args = [RETR, "serve", f"dense={indexes['dense']}", f"bm25={indexes['bm25']}", "--port", str(port),
             "--max-body-bytes", "20000", "--max-batch", "8", "--max-query-chars", "500", "--max-k", "100"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RETR_PROGRESS": "0"})
+                            env={**os.environ, "RETR_PROGRESS": "0", "RETR_API_KEY": KEY})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -178,7 +179,7 @@ def test_mcp_server_exposes_search_as_a_tool(indexes):
 
     async def session_calls():
         params = StdioServerParameters(command=RETR, args=["serve", "--mcp", str(indexes["bm25"])],
-                                       env={**os.environ, "RETR_PROGRESS": "0"})
+                                       env={**os.environ, "RETR_PROGRESS": "0", "RETR_API_KEY": KEY})
         async with stdio_client(params) as streams:
             async with ClientSession(streams[0], streams[1]) as session:
                 await session.initialize()
@@ -192,3 +193,39 @@ def test_mcp_server_exposes_search_as_a_tool(indexes):
     expected = retr.open_index(indexes["bm25"]).search(QUERIES[0], 5)
     assert [(h["id"], h["score"]) for h in found.structured_content["result"]] == [(h.id, h.score) for h in expected]
     assert refused.is_error and "k must be between 1 and 1000" in refused.content[0].text
+
+
+def test_writes_need_the_key_and_readers_see_each_commit(server, indexes):
+    doc = {"id": "served-1", "text": "a served document about supersonic parachute deployment"}
+    body = {"index": "dense", "documents": [doc]}
+    assert call(server, "/documents", body, "POST")[0] == 401
+    assert call(server, "/documents", body, "POST", {"Authorization": "Bearer wrong"})[0] == 401
+    auth = {"Authorization": f"Bearer {KEY}"}
+    status, answer = call(server, "/documents", body, "POST", auth)
+    assert status == 200 and answer["changed"] == 1 and answer["documents"] == 1399
+    assert call(server, "/documents", body, "POST", auth)[0] == 400  # the id exists: that is an update
+    query = "supersonic parachute deployment"
+    status, found = call(server, "/search", {"query": query, "k": 5, "index": "dense"})
+    assert found["results"][0]["hits"][0]["id"] == "served-1"
+    assert [(h["id"], h["score"]) for h in found["results"][0]["hits"]] == \
+        [(h.id, h.score) for h in retr.open_index(indexes["dense"]).search(query, 5)]
+    status, answer = call(server, "/documents", {"index": "dense", "documents": [dict(doc, text="now about ice")]},
+                          "PUT", auth)
+    assert status == 200 and answer["documents"] == 1399
+    status, answer = call(server, "/documents", {"index": "dense", "ids": ["served-1"]}, "DELETE", auth)
+    assert status == 200 and answer["changed"] == 1 and answer["documents"] == 1398
+    status, error = call(server, "/documents", {"index": "dense", "ids": ["served-1"]}, "DELETE", auth)
+    assert status == 400 and "no document with id 'served-1'" in error["error"]
+    assert call(server, "/documents", {"index": "dense", "documents": []}, "POST", auth)[0] == 422
+    assert call(server, "/indexes/dense")[1]["segments"] >= 2
+
+
+def test_writes_are_off_without_a_key(indexes, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from retr.serve.app import create_app
+
+    monkeypatch.delenv("RETR_API_KEY", raising=False)
+    client = TestClient(create_app({"bm25": indexes["bm25"]}))
+    answer = client.post("/documents", json={"documents": [{"id": "x", "text": "y"}]})
+    assert answer.status_code == 403 and "writes are off" in answer.json()["error"]
