@@ -18,9 +18,10 @@ from retr.retriever.fusion import FusedRetriever
 from retr.retriever.pipeline import Hit, Retriever, open_index
 from retr.retriever.relevance_filter import FilteredRetriever
 from retr.retriever.spec import build_retriever
+from retr.shards import build_sharded
 
 __all__ = [
     "Corpus", "Dataset", "Document", "ENCODERS", "Encoder", "FILTERS", "FilteredRetriever", "FusedRetriever", "Hit", "INDEXES", "Index",
-    "QUANTIZERS", "Quantizer", "RetrError", "Retriever", "Spec", "build_retriever", "evaluate",
+    "QUANTIZERS", "Quantizer", "RetrError", "Retriever", "Spec", "build_retriever", "build_sharded", "evaluate",
     "evaluate_run", "iter_corpus", "load_dataset", "open_index", "read_corpus", "read_qrels", "read_queries", "table",
 ]

@@ -31,6 +31,9 @@ def index(
     on_empty: str = typer.Option("skip", help="documents with no text: skip (with a warning) or error"),
     chunk_size: int = typer.Option(0, help="documents encoded and added at once (0: 16,384; 2,048 for token "
                                            "matrices); bounds the build's memory"),
+    shards: int = typer.Option(0, help="write N shard indexes under one manifest (searched as one, exactly)"),
+    ray: Optional[str] = typer.Option(None, help="encode on Ray: 'local', 'auto' or HOST:PORT (with --shards)"),
+    workers: int = typer.Option(0, help="Ray encoder actors (0: four sharing each GPU, else one per 4 CPUs)"),
 ) -> None:
     """Encode a corpus and write an index directory (streaming: memory stays at a few chunks)."""
     from retr.eval.datasets import Corpus
@@ -41,7 +44,17 @@ def index(
         raise RetrError("--on-empty is 'skip' or 'error'")
     enc, idx = parse_pair(encoder if index_spec is None else f"{encoder}@{index_spec}")
     docs = Corpus(corpus, on_empty=on_empty)  # type: ignore[arg-type]
-    retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text, chunk_size=chunk_size)
+    if shards or ray:
+        from retr.shards import build_sharded
+
+        import time
+
+        start = time.perf_counter()
+        retriever = build_sharded(docs, str(enc), str(idx), out, shards or 1, _ray_address(ray), store_text,
+                                  chunk_size, workers=workers)
+        retriever.build_seconds = time.perf_counter() - start
+    else:
+        retriever = Retriever.build(docs, str(enc), str(idx), out=out, store_text=store_text, chunk_size=chunk_size)
     typer.echo(f"indexed {len(retriever)} documents with {retriever.name} into {out} "
                f"({_size(out) / 2**20:.1f} MiB, {retriever.build_seconds:.1f} s)")
 
@@ -91,6 +104,11 @@ def compact(
     _change(index_dir, lambda r: (r.compact(retrain=retrain), "compacted")[1])
 
 
+def _ray_address(value: Optional[str]):
+    """'local' -> a Ray started here; anything else is an address (auto, HOST:PORT); None -> no Ray."""
+    return None if value is None else True if value == "local" else value
+
+
 def _corpus(path: Path):
     from retr.eval.datasets import Corpus
 
@@ -130,11 +148,12 @@ def search(
     filter_depth: int = typer.Option(100, help="candidates per query the filter looks at"),
     device: str = typer.Option("cpu", help="where exact scoring runs: cpu, cuda, cuda:N (flat, maxsim, "
                                            "muvera, plaid, refine / rerank stages)"),
+    ray: Optional[str] = typer.Option(None, help="search a sharded index on Ray: 'local', 'auto' or HOST:PORT"),
 ) -> None:
     """Search an index."""
     from retr.retriever.pipeline import open_index
 
-    retriever = open_index(index_dir, encoder=encoder, device=device)
+    retriever = open_index(index_dir, encoder=encoder, device=device, ray=_ray_address(ray))
     if filter_spec is not None:
         from retr.retriever.relevance_filter import FilteredRetriever
 
@@ -256,6 +275,7 @@ def serve(
     mcp: bool = typer.Option(False, "--mcp", help="speak MCP over stdio (a search tool for agents) instead of HTTP"),
     api_key_env: str = typer.Option("RETR_API_KEY", help="environment variable holding the key that POST / PUT / "
                                                           "DELETE /documents need (unset: writes are off)"),
+    ray: Optional[str] = typer.Option(None, help="serve sharded indexes from Ray actors: 'local', 'auto' or HOST:PORT"),
 ) -> None:
     """Serve indexes over HTTP: /search, /documents, /indexes, /health, a search page at /, OpenAPI at /docs."""
     from retr.serve.app import Limits, parse_index_args
@@ -273,7 +293,7 @@ def serve(
         raise RetrError("retr serve needs FastAPI and uvicorn: pip install 'retr[serve]'") from None
     from retr.serve.app import create_app
 
-    app = create_app(named, limits, device, api_key_env)
+    app = create_app(named, limits, device, api_key_env, _ray_address(ray))
     typer.echo(f"serving {', '.join(named)} on http://{host}:{port}/ (search page), /docs (API)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

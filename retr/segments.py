@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -179,16 +180,14 @@ class Segments:
                                           for s in self.segments])
                 scores, ids = _drop(*found, deleted)
                 return merge_top_k([scores], [ids], k)
-        all_scores, all_ids = [], []
-        for segment in parts:
-            depth = min(segment.slots, k + segment.removed)
-            scores, ids = segment.index.search(queries, depth)
+        def one(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
+            scores, ids = segment.index.search(queries, min(segment.slots, k + segment.removed))
             if segment.deleted is not None:
                 scores, ids = _drop(scores, ids, segment.deleted)
-            ids = np.where(ids >= 0, ids + base_of[id(segment)], -1)
-            all_scores.append(scores)
-            all_ids.append(ids)
-        return merge_top_k(all_scores, all_ids, k)
+            return scores, np.where(ids >= 0, ids + base_of[id(segment)], -1)
+
+        found = [one(segment) for segment in parts]  # one after another: each scorer uses every core itself
+        return merge_top_k([f[0] for f in found], [f[1] for f in found], k)
 
 
 def _drop(scores: np.ndarray, ids: np.ndarray, deleted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -89,13 +89,13 @@ def test_failed_index_leaves_the_existing_index_untouched(bm25_index, tmp_path):
     proc = retr("index", "--corpus", bad, "--encoder", "bm25", "--out", bm25_index, check=False)
     assert proc.returncode == 2 and "bad.jsonl line 2: not valid JSON" in proc.stderr
     assert {p: p.read_bytes() for p in bm25_index.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in bm25_index.parent.iterdir()) == ["cranfield-bm25"]
+    assert sorted(p.name for p in bm25_index.parent.iterdir()) == [".cranfield-bm25.lock", "cranfield-bm25"]
 
 
 def test_corrupt_index_is_refused_on_open(bm25_index, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bm25_index, copy)
-    victim = max((p for p in (copy / "docstore").iterdir()), key=lambda p: p.stat().st_size)
+    victim = max((p for p in (copy / "seg-000001" / "docstore").iterdir()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-10])
     proc = retr("search", copy, "wing", check=False)
     assert proc.returncode == 2 and "truncated or changed" in proc.stderr

@@ -190,7 +190,9 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     from retr.retriever.pipeline import Retriever
 
     s = settings or JPQSettings()
-    source = retriever.index
+    if len(retriever.index.segments) > 1 or retriever.index.segments[0].removed:
+        raise RetrError("JPQ trains the codes of one segment: run `retr compact` on the index first")
+    source = retriever.index.first
     if not isinstance(source, PQIndex) or source.quantizer.nbits != 8:
         raise RetrError(f"JPQ trains a pq index with nbits=8 (e.g. 'dense:MODEL@pq:M=16'), not {retriever.name!r}")
     resolved = getattr(retriever.encoder, "_resolved", None)

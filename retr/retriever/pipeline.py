@@ -209,6 +209,7 @@ class Retriever:
         self._hold: ReaderHold | None = None
         self._writer: contextlib.ExitStack | None = None
         self._live: LiveIds | None = None
+        self.shards: list[Retriever] | None = None  # the shards of a sharded index searched as one
 
     @property
     def docstore(self) -> Docstore:
@@ -410,6 +411,8 @@ class Retriever:
         """Start a change: take the writer lock, check nobody committed since this was opened, clean leftovers."""
         if self._writer is not None:
             return
+        if self.shards is not None:
+            raise RetrError(f"{self.path} is a sharded index: change it shard by shard (open {self.path}/shard-NNN)")
         if self.path is not None:
             stack = contextlib.ExitStack()
             stack.enter_context(writer_lock(self.path))
@@ -518,6 +521,8 @@ class Retriever:
         if self._hold is not None:
             self._hold.release()
             self._hold = None
+        for shard in self.shards or []:
+            shard.close()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -539,15 +544,26 @@ def use_device(index: Index, device: str | None) -> None:
 
 
 def open_index(path: Path | str, encoder: Encoder | Spec | str | None = None, verify: bool = True,
-               device: str | None = None) -> Retriever:
+               device: str | None = None, ray: str | bool | None = None) -> Retriever:
     """Open a saved index at its committed generation; the manifest alone rebuilds its encoder and index.
 
     ``encoder`` may name the query encoder explicitly; it must match the one the index
     was built with. ``verify=False`` skips the checksums (sizes are still checked).
     ``device`` ('cpu', 'cuda', 'cuda:1', ...) is where the exact scoring stages run. The
     retriever holds its generation (its files stay) until ``close()`` or until it is freed.
+    A sharded index (``retr.shards``) is searched here in threads, or on Ray with ``ray``
+    (True, 'auto' or an address): one actor per shard.
     """
     path = Path(path).absolute()
+    from retr.shards import RayShardedRetriever, is_sharded, open_sharded_locally
+
+    top = read_manifest(path, verify=False)
+    if is_sharded(top):
+        if ray:
+            return RayShardedRetriever(path, top, ray, encoder, device)  # type: ignore[return-value]
+        return open_sharded_locally(path, top, encoder, verify, device)
+    if ray:
+        raise RetrError(f"{path} is not a sharded index; search it without ray")
     for _ in range(100):  # a writer may commit between reading the manifest and holding its generation
         manifest = read_manifest(path, verify=verify)
         hold = ReaderHold(path, int(manifest.get("generation", 0)))

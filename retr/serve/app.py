@@ -51,14 +51,15 @@ class Limits:
 class Served:
     """The indexes a service holds, opened once, each with a lock around its query encoder."""
 
-    def __init__(self, indexes: dict[str, Path], device: str | None = None) -> None:
+    def __init__(self, indexes: dict[str, Path], device: str | None = None, ray: str | bool | None = None) -> None:
         from retr.retriever.pipeline import open_index
 
         if not indexes:
             raise RetrError("give at least one index directory to serve")
         self.paths = {name: Path(path) for name, path in indexes.items()}
         self.device = device
-        self.retrievers = {name: open_index(path, device=device) for name, path in self.paths.items()}
+        self.retrievers = {name: open_index(path, device=device, ray=ray if _sharded(path) else None)
+                           for name, path in self.paths.items()}
         for retriever in self.retrievers.values():
             _serialise_query_encoding(retriever)
             retriever.search("warm up", 1)  # load the model, open the files, start the JVM: before the first client
@@ -94,9 +95,16 @@ class Served:
                 "created": manifest.get("created"), "bytes": sum(f["bytes"] for f in files.values())}
 
 
+def _sharded(path: Path) -> bool:
+    from retr.shards import is_sharded
+    from retr.storage import read_manifest
+
+    return is_sharded(read_manifest(path, verify=False))
+
+
 def _serialise_query_encoding(retriever: Any) -> None:
     """Wrap the encoder's ``encode_queries`` in a lock shared by every index using that encoder object."""
-    encoder = getattr(retriever.index, "query_encoder", None) or retriever.encoder
+    encoder = getattr(getattr(retriever, "index", None), "query_encoder", None) or retriever.encoder
     if getattr(encoder, "_serve_lock", None) is None:
         lock, encode = threading.Lock(), encoder.encode_queries
 
@@ -210,14 +218,17 @@ def document_request_models() -> tuple[Any, Any]:
 
 
 def create_app(indexes: dict[str, Path], limits: Limits = Limits(), device: str | None = None,
-               api_key_env: str = "RETR_API_KEY") -> Any:
-    """The FastAPI application serving ``indexes`` ({name: directory}); writes need the key in ``$api_key_env``."""
+               api_key_env: str = "RETR_API_KEY", ray: str | bool | None = None) -> Any:
+    """The FastAPI application serving ``indexes`` ({name: directory}); writes need the key in ``$api_key_env``.
+
+    Sharded indexes are served from Ray actors when ``ray`` is given (True, 'auto' or an address).
+    """
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    served = Served(indexes, device)
+    served = Served(indexes, device, ray)
     pool = concurrent.futures.ThreadPoolExecutor(limits.workers, thread_name_prefix="retr-search")
     writes = concurrent.futures.ThreadPoolExecutor(max(1, len(indexes)), thread_name_prefix="retr-write")
     first = next(iter(served.retrievers))

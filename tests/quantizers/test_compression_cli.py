@@ -35,7 +35,7 @@ def test_train_jpq_command(small_corpus, tmp_path):
     retr("index", "--corpus", small_corpus, "--encoder", f"dense:{MODEL}", "--index", "pq:M=16", "--out", pq)
     proc = retr("train-jpq", pq, DATA / "cranfield", "--out", tmp_path / "jpq", "--epochs", "1")
     assert "trained JPQ on" in proc.stdout and "--queries held-out --held-out 0.5" in proc.stdout
-    assert (tmp_path / "jpq" / "index" / "query_encoder" / "model.safetensors").is_file()
+    assert (tmp_path / "jpq" / "seg-000001" / "index" / "query_encoder" / "model.safetensors").is_file()
     assert len(json.loads(retr("search", tmp_path / "jpq", "lift", "-k", "2", "--json").stdout)["hits"]) == 2
     bad = retr("train-jpq", tmp_path / "jpq" / "missing", DATA / "cranfield", "--out", tmp_path / "x", check=False)
     assert bad.returncode == 2 and "error:" in bad.stderr

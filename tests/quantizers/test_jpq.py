@@ -80,7 +80,7 @@ def test_save_open_gives_identical_results_without_pickle(jpq, cranfield, tmp_pa
     assert isinstance(reopened.index, JPQIndex) and reopened.name == jpq.name
     held = split_dataset(cranfield, "held-out", HELD_OUT)
     assert run_of(reopened, held, k=50) == run_of(jpq, held, k=50)
-    assert json.loads((path / "index" / "jpq.json").read_text())["train_queries"] > 50
+    assert json.loads((path / "seg-000001" / "index" / "jpq.json").read_text())["train_queries"] > 50
 
 
 def test_jpq_needs_a_pq_index(dense, cranfield):

@@ -96,7 +96,7 @@ def test_save_and_open_give_identical_results(colbert, piece, tmp_path):
     path = colbert.save(tmp_path / "idx")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["encoder"]["kind"] == "multi" and manifest["encoder"]["dim"] == 384
-    assert {"index/tokens.npy", "index/offsets.npy"} <= set(manifest["files"])
+    assert {"seg-000001/index/tokens.npy", "seg-000001/index/offsets.npy"} <= set(manifest["files"])
     reopened = open_index(path)
     assert reopened.name == colbert.name and len(reopened) == N_DOCS
     queries = dict(list(piece[1].items())[:30])

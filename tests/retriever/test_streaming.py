@@ -10,6 +10,9 @@ from retr import RetrError
 from tests.conftest import DATA, MODEL, run_of
 
 
+SEG = "seg-000001"  # a fresh build is one segment
+
+
 def _bytes(path):
     return path.read_bytes()
 
@@ -19,9 +22,10 @@ def test_chunked_build_equals_one_shot_on_disk(cranfield, tmp_path, index):
     one = retr.Retriever.build(cranfield.corpus, f"dense:{MODEL}", index, out=tmp_path / "one")
     chunked = retr.Retriever.build(cranfield.corpus, f"dense:{MODEL}", index, out=tmp_path / "chunked", chunk_size=97)
     for name in ("codes.npy", "vectors.npy"):
-        if (tmp_path / "one" / "index" / name).exists():
-            assert _bytes(tmp_path / "one" / "index" / name) == _bytes(tmp_path / "chunked" / "index" / name)
-    assert _bytes(tmp_path / "one" / "docstore" / "ids.bytes.npy") == _bytes(tmp_path / "chunked" / "docstore" / "ids.bytes.npy")
+        if (tmp_path / "one" / SEG / "index" / name).exists():
+            assert _bytes(tmp_path / "one" / SEG / "index" / name) == _bytes(tmp_path / "chunked" / SEG / "index" / name)
+    assert _bytes(tmp_path / "one" / SEG / "docstore" / "ids.bytes.npy") == \
+        _bytes(tmp_path / "chunked" / SEG / "docstore" / "ids.bytes.npy")
     assert run_of(one, cranfield, 20) == run_of(chunked, cranfield, 20) == run_of(retr.open_index(tmp_path / "chunked"), cranfield, 20)
 
 
@@ -30,8 +34,8 @@ def test_chunked_multi_vector_builds_equal_one_shot(cranfield, tmp_path):
     for index in ("maxsim", "plaid:nbits=2", "muvera:inner=pq,inner_M=640,candidates=50"):
         a = retr.Retriever.build(docs, f"colbert:{MODEL}", index, out=tmp_path / "a")
         b = retr.Retriever.build(docs, f"colbert:{MODEL}", index, out=tmp_path / "b", chunk_size=41)
-        for file in sorted((tmp_path / "a" / "index").rglob("*.npy")):
-            assert _bytes(file) == _bytes(tmp_path / "b" / "index" / file.relative_to(tmp_path / "a" / "index")), file
+        for file in sorted((tmp_path / "a" / SEG / "index").rglob("*.npy")):
+            assert _bytes(file) == _bytes(tmp_path / "b" / SEG / "index" / file.relative_to(tmp_path / "a" / SEG / "index")), file
         queries = list(cranfield.queries.values())[:10]
         assert [[h.id for h in hits] for hits in a.search_batch(queries, 10)] == \
             [[h.id for h in hits] for hits in b.search_batch(queries, 10)]
@@ -47,7 +51,7 @@ def test_list_file_and_generator_build_the_same_index(cranfield, tmp_path):
     from_list = retr.Retriever.build(cranfield.corpus, f"dense:{MODEL}", out=tmp_path / "l")
     from_generator = retr.Retriever.build((d for d in cranfield.corpus), f"dense:{MODEL}", out=tmp_path / "g",
                                           chunk_size=500)
-    for name in ("index/vectors.npy", "docstore/ids.bytes.npy", "docstore/texts.bytes.npy"):
+    for name in (f"{SEG}/index/vectors.npy", f"{SEG}/docstore/ids.bytes.npy", f"{SEG}/docstore/texts.bytes.npy"):
         assert _bytes(tmp_path / "f" / name) == _bytes(tmp_path / "l" / name) == _bytes(tmp_path / "g" / name)
     assert len(from_file) == len(from_list) == len(from_generator) == 1398
 
