@@ -66,6 +66,7 @@ def measure(name: str, size: int, model: str, work: Path, qs: list[str]) -> dict
     extra = max(1, size // 100)
     docs = list(Corpus(corpus_slice(size + 2 * extra, work)))
     base, added, spare = docs[:size], docs[size : size + extra], docs[size + extra :]
+    retr.ENCODERS.create(encoder).encode_documents([d.content for d in docs])  # every encoding in the cache first
     path = work / f"{name}-index"
     shutil.rmtree(path, ignore_errors=True)
     record: dict[str, Any] = {"type": name, "index": index, "size": size, "added": extra,

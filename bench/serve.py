@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=20_000, help="per run, whatever the time")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--indexes", default="hnsw,bm25")
+    parser.add_argument("--keep", type=Path, nargs="*", default=[], help="JSON-lines records of earlier runs to add")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     import retr
@@ -171,7 +173,9 @@ def main() -> None:
     base, extra = docs[: args.size], docs[args.size :]
     qs = queries(500)
     specs = {"hnsw": (f"dense:{args.model}", "hnsw"), "bm25": ("bm25", "lucene")}
-    records, baselines = [], {}
+    specs = {name: specs[name] for name in args.indexes.split(",")}
+    records = [json.loads(line) for path in args.keep for line in open(path) if line.strip()]
+    baselines: dict[str, float] = {}
     for name, (encoder, index) in specs.items():
         path = work / name
         if not (path / "manifest.json").exists():
@@ -199,8 +203,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=60)
+    def ms(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
     rows = [[r["index"], r["clients"], "yes" if r["writer"] else "no", r["requests"], f"{r['rps']:.1f}",
-             f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"],
+             ms(r["p50_ms"]), ms(r["p95_ms"]), ms(r["p99_ms"]), r["errors"],
              r["writes"] if r["writer"] else "–", f"{r['write_p50_ms']:.0f}" if r["write_p50_ms"] else "–",
              f"{r['in_process_qps']:.1f}", ratio(r["rps"], r["in_process_qps"])] for r in records]
     header = ["index", "clients", "writer", "requests", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors",

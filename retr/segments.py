@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,7 +58,7 @@ class Segment:
     name: str | None = None  # seg-NNNNNN once committed
     tombstones: str | None = None  # the committed tombstone file, relative to the index directory
     staged: Path | None = None  # where an uncommitted segment is being written
-    changed: bool = field(default=False)  # tombstones changed since the last commit
+    changed: bool = False  # tombstones changed since the last commit
 
     @property
     def slots(self) -> int:
@@ -117,9 +116,9 @@ class Strings:
 class Segments:
     """The ``Index`` protocol over an index's segments: live documents only, ids are slots.
 
-    Every segment is searched for ``k`` plus its deleted count (so tombstones never push a
-    live document out of its top k), deleted slots are dropped, and the lists are merged
-    exactly by score, ties by slot. An index type whose scores need statistics of the whole
+    Every segment is searched deep enough that tombstones never push a live document out of
+    its top k (``_live_top``), deleted slots are dropped, and the lists are merged exactly by
+    score, ties by slot. An index type whose scores need statistics of the whole
     collection (Lucene's BM25) searches its segments together (``search_segments``).
     Attributes the protocol does not name come from the first segment's index.
     """
@@ -173,21 +172,41 @@ class Segments:
         joined = getattr(type(self.first), "search_segments", None)
         if joined is not None:
             indexes = [s.index for s in self.segments]
-            depth = min(self.slots, k + sum(s.removed for s in self.segments))
-            found = joined(indexes, queries, depth)
+            deleted = np.concatenate([s.deleted if s.deleted is not None else np.zeros(s.slots, bool)
+                                      for s in self.segments])
+            found = _live_top(lambda depth: joined(indexes, queries, depth), k, self.slots, int(deleted.sum()),
+                              len(self), deleted)
             if found is not None:
-                deleted = np.concatenate([s.deleted if s.deleted is not None else np.zeros(s.slots, bool)
-                                          for s in self.segments])
-                scores, ids = _drop(*found, deleted)
-                return merge_top_k([scores], [ids], k)
+                return merge_top_k([found[0]], [found[1]], k)
+
         def one(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
-            scores, ids = segment.index.search(queries, min(segment.slots, k + segment.removed))
-            if segment.deleted is not None:
-                scores, ids = _drop(scores, ids, segment.deleted)
+            scores, ids = _live_top(lambda depth: segment.index.search(queries, depth), k, segment.slots,
+                                    segment.removed, segment.live, segment.deleted)
             return scores, np.where(ids >= 0, ids + base_of[id(segment)], -1)
 
         found = [one(segment) for segment in parts]  # one after another: each scorer uses every core itself
         return merge_top_k([f[0] for f in found], [f[1] for f in found], k)
+
+
+def _live_top(search: Any, k: int, slots: int, removed: int, live: int,
+              deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The top ``k`` live documents from ``search(depth)``, which ranks every slot, deleted ones included.
+
+    Asks for k plus up to k more first; only when a query's list then holds fewer than k live
+    documents does it ask again for k plus every deleted one, so the answer is exact while a few
+    deletes cost almost nothing. (``search`` may answer None: not applicable.)
+    """
+    full = min(slots, k + removed)
+    depth = min(full, k + min(removed, k))
+    while True:
+        found = search(depth)
+        if found is None:
+            return None
+        scores, ids = found if deleted is None else _drop(*found, deleted)
+        exhausted = (found[1] >= 0).sum(axis=1) < depth  # the index had no more to give
+        if depth >= full or (((ids >= 0).sum(axis=1) >= min(k, live)) | exhausted).all():
+            return scores, ids
+        depth = full
 
 
 def _drop(scores: np.ndarray, ids: np.ndarray, deleted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +220,8 @@ def generation_manifest(directory: Path, generation: int) -> Path:
     return directory / GENERATIONS_DIR / f"gen-{generation:06d}.json"
 
 
-def referenced(directory: Path, manifest: dict[str, Any]) -> set[str]:
-    """Top-level names and segment files a generation needs (relative paths)."""
+def referenced(manifest: dict[str, Any]) -> set[str]:
+    """The segments and files a generation needs (relative paths)."""
     names = set(manifest.get("files", {}))
     names.update(s["name"] for s in manifest.get("segments", []))
     return names
@@ -213,13 +232,13 @@ def clean(directory: Path, current: dict[str, Any]) -> None:
 
     Run by the writer, under the writer lock, before and after each commit.
     """
-    keep = referenced(directory, current)
+    keep = referenced(current)
     held = held_generations(directory) - {current.get("generation")}
     kept_generations = {current.get("generation")}
     for generation in held:
         saved = generation_manifest(directory, generation)
         if saved.is_file():
-            keep |= referenced(directory, json.loads(saved.read_text()))
+            keep |= referenced(json.loads(saved.read_text()))
             kept_generations.add(generation)
     for entry in directory.iterdir():
         name = entry.name
@@ -234,7 +253,10 @@ def clean(directory: Path, current: dict[str, Any]) -> None:
                 if file.name.startswith("deleted-") and rel not in keep:
                     file.unlink()
         elif name.startswith((STAGING_PREFIX, f".{MANIFEST}.")):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     folder = directory / GENERATIONS_DIR
     for saved in folder.glob("gen-*.json") if folder.is_dir() else []:
         if int(saved.stem.split("-")[1]) not in kept_generations:

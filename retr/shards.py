@@ -24,8 +24,6 @@ its top k, and the lists merge by score, ties by position in the corpus.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import datetime
 import json
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from retr.protocols import Encoder, Index
 from retr.registry import ENCODERS, Spec, create_index
 from retr.scoring.topk import merge_top_k
 from retr.storage import (
-    FORMAT, FORMAT_VERSION, MANIFEST, StringArray, StringArrayWriter, atomic_directory, read_manifest, writer_lock,
+    FORMAT, FORMAT_VERSION, MANIFEST, StringArray, StringArrayWriter, atomic_directory, writer_lock,
 )
 
 SHARD = "shard-{:03d}"
@@ -307,8 +305,6 @@ class RayShardedRetriever:
 
     def __init__(self, path: Path, manifest: dict[str, Any], ray: str | bool, encoder: Encoder | Spec | str | None,
                  device: str | None = None, timeout_s: float = 60.0, retries: int = 3) -> None:
-        from retr.retriever.pipeline import Hit  # noqa: F401  (the hits it returns)
-
         ray_module = connect_ray(ray)
         self.ray, self.path, self.timeout_s = ray_module, path, timeout_s
         entries = shard_entries(manifest, path)
@@ -318,7 +314,8 @@ class RayShardedRetriever:
         self.name = f"{ENCODERS.describe(self.encoder.name, self.encoder.config())}@{manifest['index']['name']} " \
                     f"({len(entries)} shards on Ray)"
         gpus = int(ray_module.cluster_resources().get("GPU", 0))
-        remote = ray_module.remote(num_cpus=0 if not gpus else 0, num_gpus=(1 / len(entries)) if gpus and device else 0,
+        # actors reserve no CPU (each shard's scorer uses the cores it finds); on a GPU device they share the GPUs
+        remote = ray_module.remote(num_cpus=0, num_gpus=gpus / len(entries) if gpus and device else 0,
                                    max_restarts=retries, max_task_retries=retries)(_ShardActor)
         self.actors = [remote.remote(str(path / name), device) for name in self.names]
         try:  # every shard opened before the first query (process start, index files, model)

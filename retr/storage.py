@@ -97,8 +97,16 @@ class ReaderHold:
     def __init__(self, directory: Path, generation: int) -> None:
         folder = directory / READERS_DIR
         folder.mkdir(exist_ok=True)
-        self._fd: int | None = os.open(folder / f"gen-{generation:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        path = folder / f"gen-{generation:06d}.lock"
+        while True:  # a writer may remove a stale hold file between our open and our lock: lock the file on disk
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            try:
+                if os.fstat(self._fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
 
     def release(self) -> None:
         if self._fd is not None:

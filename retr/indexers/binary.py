@@ -17,7 +17,6 @@ the same model (symmetric), then
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

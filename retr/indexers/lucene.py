@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import threading
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,6 +49,7 @@ class LuceneIndex:
         self._count = 0
         self._built: Path | None = None
         self._searcher: Any = None
+        self._lock = threading.Lock()  # one Anserini call at a time (it runs each batch on its own thread pool)
 
     def config(self) -> dict[str, Any]:
         bm25 = {"k1": self.k1, "b": self.b} if self.kind == "text" else {}
@@ -162,7 +164,8 @@ class LuceneIndex:
         return out
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._run(self._open(), queries, k, lambda hit: int(hit.docid))
+        with self._lock:
+            return self._run(self._open(), queries, k, lambda hit: int(hit.docid))
 
     @classmethod
     def search_segments(cls, indexes: list["LuceneIndex"], queries: Any, k: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -176,26 +179,31 @@ class LuceneIndex:
         if first.kind != "text":
             return None
         key = tuple(str(index._directory()) for index in indexes)
-        if getattr(first, "_joined", (None,))[0] != key:
-            ensure_jvm()
-            from jnius import autoclass
-            from pyserini.search.lucene import LuceneSearcher
+        with first._lock:
+            if getattr(first, "_joined", (None,))[0] != key:
+                searcher, lucene_starts = cls._joined_searcher(first, key)
+                first._joined = (key, searcher, lucene_starts, np.cumsum([0] + [len(i) for i in indexes]).tolist())
+            _, searcher, lucene_starts, slot_starts = first._joined
 
-            fs, paths = autoclass("org.apache.lucene.store.FSDirectory"), autoclass("java.nio.file.Paths")
-            opener = autoclass("org.apache.lucene.index.DirectoryReader")
-            readers = [opener.open(fs.open(paths.get(directory))) for directory in key]
-            searcher = LuceneSearcher(key[0])
-            searcher.object.reader = autoclass("org.apache.lucene.index.MultiReader")(*readers)
-            searcher.set_bm25(first.k1, first.b)
-            lucene_starts = np.cumsum([0] + [r.maxDoc() for r in readers]).tolist()
-            slot_starts = np.cumsum([0] + [len(index) for index in indexes]).tolist()
-            first._joined = (key, searcher, lucene_starts, slot_starts)
-        _, searcher, lucene_starts, slot_starts = first._joined
+            def slot(hit: Any) -> int:
+                return slot_starts[bisect.bisect_right(lucene_starts, hit.lucene_docid) - 1] + int(hit.docid)
 
-        def slot(hit: Any) -> int:
-            return slot_starts[bisect.bisect_right(lucene_starts, hit.lucene_docid) - 1] + int(hit.docid)
+            return cls._run(first, searcher, queries, k, slot)
 
-        return cls._run(first, searcher, queries, k, slot)
+    @staticmethod
+    def _joined_searcher(first: "LuceneIndex", directories: tuple[str, ...]) -> tuple[Any, list[int]]:
+        """An Anserini searcher over a MultiReader of ``directories``, and where each one's documents start."""
+        ensure_jvm()
+        from jnius import autoclass
+        from pyserini.search.lucene import LuceneSearcher
+
+        fs, paths = autoclass("org.apache.lucene.store.FSDirectory"), autoclass("java.nio.file.Paths")
+        opener = autoclass("org.apache.lucene.index.DirectoryReader")
+        readers = [opener.open(fs.open(paths.get(directory))) for directory in directories]
+        searcher = LuceneSearcher(directories[0])
+        searcher.object.reader = autoclass("org.apache.lucene.index.MultiReader")(*readers)
+        searcher.set_bm25(first.k1, first.b)
+        return searcher, np.cumsum([0] + [r.maxDoc() for r in readers]).tolist()
 
     def _run(self, searcher: Any, queries: Any, k: int, slot: Any) -> tuple[np.ndarray, np.ndarray]:
         """One Anserini batch search; ``slot`` maps a hit to the id returned."""

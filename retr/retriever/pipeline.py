@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -256,7 +256,7 @@ class Retriever:
             out = Path(out)
             with writer_lock(out), atomic_directory(out) as tmp:
                 segment, _ = _build_segment(corpus, encoder, index, tmp / segment_name(1), store_text, size, seed)
-                segment.name = segment_name(1)
+                segment.name, segment.staged = segment_name(1), None
                 retriever = cls(encoder, Segments([segment]))
                 retriever._write(tmp, 1)
             retriever._placed(out.absolute(), 1)

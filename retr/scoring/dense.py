@@ -11,7 +11,6 @@ Flat indexes search with them; PQ / IVF-PQ refinement and BEBR re-ranking re-sco
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import numpy as np
 

@@ -38,6 +38,14 @@ def main() -> None:
                          "ray_overlap": sum(len({d for d, _ in a} & {d for d, _ in b}) for a, b in zip(on_ray, single))
                          / sum(len(b) for b in single)}
         if index == "flat":
+            from fastapi.testclient import TestClient
+
+            from retr.serve.app import create_app
+
+            client = TestClient(create_app({"flat": out}, ray=address))  # retr serve --ray
+            answer = client.post("/search", json={"queries": queries, "k": 10}).json()
+            report["served_equal"] = [[(h["id"], round(h["score"], 4)) for h in r["hits"]]
+                                      for r in answer["results"]] == single
             pid = served.ray.get(served.actors[2].pid.remote())
             os.kill(pid, signal.SIGKILL)  # the shard actor dies between queries: Ray restarts it, the call is retried
             report["killed_actor_equal"] = ranked(served, queries) == single

@@ -43,6 +43,7 @@ def test_four_shards_built_on_ray_equal_one_index(cluster_report):
         assert cluster_report[index]["shards"] == ["shard-000", "shard-001", "shard-002", "shard-003"]
         assert cluster_report[index]["local_equal"], index  # local search: exact merge, BM25 with global statistics
     assert cluster_report["flat"]["ray_equal"] and cluster_report["maxsim"]["ray_equal"]  # exact types on Ray
+    assert cluster_report["served_equal"]  # retr serve over the Ray actors
     # BM25 on Ray scores each shard with its own statistics: close to, not equal to, one index
     assert 0.8 <= cluster_report["lucene"]["ray_overlap"] < 1.0
 

@@ -84,13 +84,19 @@ def apply(retriever, op, arg):
         retriever.commit()
 
 
-EXACT = [("bm25", "lucene"), (f"dense:{MODEL}", "flat"), (f"colbert:{MODEL}", "maxsim")]
+SPLADE = "splade:splade-tiny"
+EXACT = [("bm25", "lucene"), (f"dense:{MODEL}", "flat"), (f"colbert:{MODEL}", "maxsim"), (SPLADE, "csr"),
+         (SPLADE, "lucene")]
 APPROXIMATE = [(f"dense:{MODEL}", "hnsw"), (f"dense:{MODEL}", "ivf:nlist=8,nprobe=2"),
                (f"dense:{MODEL}", "pq:M=16,nbits=6,refine=30"), (f"dense:{MODEL}", "bebr:u=2,epochs=2"),
-               (f"colbert:{MODEL}", "plaid:nbits=2,n_centroids=128,ndocs=64"), (f"colbert:{MODEL}", "muvera:candidates=40")]
+               (f"colbert:{MODEL}", "plaid:nbits=2,n_centroids=128,ndocs=64"), (f"colbert:{MODEL}", "muvera:candidates=40"),
+               ("slim:splade-tiny", "slim:candidates=30")]
+# the exact ranking each encoder's approximate indexes are held to (SLIM: its two stages with every candidate)
+EXACT_OF = {"dense": "flat", "colbert": "maxsim", "bm25": "lucene", "splade": "csr", "slim": "slim:candidates=2000"}
 
 
-@pytest.mark.parametrize("encoder,index", EXACT + APPROXIMATE, ids=[i.split(":")[0] for _, i in EXACT + APPROXIMATE])
+@pytest.mark.parametrize("encoder,index", EXACT + APPROXIMATE,
+                         ids=[f"{e.split(':')[0]}-{i.split(':')[0]}" for e, i in EXACT + APPROXIMATE])
 def test_random_changes_equal_a_fresh_build(cranfield, tmp_path, encoder, index):
     """Every result after each change equals a fresh build of the same live corpus (exact types),
     or keeps the fresh build's recall of the exact ranking (approximate types); compact(retrain)
@@ -99,7 +105,7 @@ def test_random_changes_equal_a_fresh_build(cranfield, tmp_path, encoder, index)
     pool = cranfield.corpus[:360]
     live = list(pool[:250])
     queries = list(cranfield.queries.values())[:QUERIES]
-    exact = "flat" if encoder.startswith("dense") else "maxsim" if encoder.startswith("colbert") else "lucene"
+    exact = EXACT_OF[encoder.split(":")[0]]
     retriever = retr.Retriever.build(live, encoder, index, out=tmp_path / "ix")
     deleted_since_compact = False
     for op, arg in random_changes(pool, live, rng, steps=6):
@@ -110,10 +116,10 @@ def test_random_changes_equal_a_fresh_build(cranfield, tmp_path, encoder, index)
         assert got == mine, f"the writer and a reader of the committed generation disagree after {op}"
         assert len(reopened) == len(live) and {h for q in got for _, h in q} <= {d.id for d in live}
         fresh = retr.Retriever.build(live, encoder, index)
-        if index == "lucene" and deleted_since_compact:
+        if encoder == "bm25" and deleted_since_compact:
             # BM25 counts deleted documents in its statistics until compaction (as Lucene does)
             assert recall(got, ranked(fresh, queries)) >= 0.8
-        elif index == exact:
+        elif (encoder, index) in EXACT:
             assert same_up_to_cutoff_ties(got, ranked(fresh, queries)), f"differs from a fresh build after {op}"
         else:
             truth = ranked(retr.Retriever.build(live, encoder, exact), queries)
@@ -189,7 +195,7 @@ def test_readers_keep_their_generation_until_closed(cranfield, tmp_path):
 
 
 def test_manifest_paths_symlinks_and_settings_are_checked(cranfield, tmp_path):
-    r = retr.Retriever.build(cranfield.corpus[:30], f"dense:{MODEL}", out=tmp_path / "h")
+    retr.Retriever.build(cranfield.corpus[:30], f"dense:{MODEL}", out=tmp_path / "h")
     manifest = json.loads((tmp_path / "h" / "manifest.json").read_text())
     evil = dict(manifest, files={**manifest["files"], "../../../../etc/passwd": {"bytes": 1, "blake2b": "0"}})
     (tmp_path / "h" / "manifest.json").write_text(json.dumps(evil))
