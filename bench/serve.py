@@ -175,6 +175,7 @@ def main() -> None:
     specs = {"hnsw": (f"dense:{args.model}", "hnsw"), "bm25": ("bm25", "lucene")}
     specs = {name: specs[name] for name in args.indexes.split(",")}
     records = [json.loads(line) for path in args.keep for line in open(path) if line.strip()]
+    run = os.urandom(4).hex()  # ids the writer adds are new to the index, however often the bench reuses it
     baselines: dict[str, float] = {}
     for name, (encoder, index) in specs.items():
         path = work / name
@@ -195,7 +196,7 @@ def main() -> None:
                 print("screenshot:", "bench/results/serve-page.png" if shot else "skipped (no playwright/chromium)")
             for with_writer in (False, True):
                 for clients in [int(c) for c in args.clients.split(",")]:
-                    new = [{"id": f"w{clients}-{d.id}", "text": d.content} for d in extra] if with_writer else None
+                    new = [{"id": f"w{run}-{clients}-{d.id}", "text": d.content} for d in extra] if with_writer else None
                     record = load(port, name, qs, clients, args.seconds, args.max_requests, new)
                     record["in_process_qps"] = baselines[name]
                     records.append(record)

@@ -14,7 +14,6 @@ with it the order of tied scores, is the corpus order (as Pyserini's BEIR runs).
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import threading
@@ -171,9 +170,10 @@ class LuceneIndex:
     def search_segments(cls, indexes: list["LuceneIndex"], queries: Any, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """BM25 over several segments as one collection, ids as slots (segment after segment).
 
-        A Lucene ``MultiReader`` over the segments' directories gives BM25 the statistics of all of
-        them (document frequencies, lengths), so the scores equal one index of the same documents.
-        Impact indexes need no statistics (None: each segment is searched on its own).
+        A Lucene ``IndexSearcher`` over a ``MultiReader`` of the segments' directories gives BM25 the
+        statistics of all of them (document frequencies, lengths), so the scores equal one index of
+        the same documents; queries are analysed as Anserini's searcher does (its English analyzer,
+        bag of words). Impact indexes need no statistics (None: each segment is searched alone).
         """
         first = indexes[0]
         if first.kind != "text":
@@ -181,29 +181,38 @@ class LuceneIndex:
         key = tuple(str(index._directory()) for index in indexes)
         with first._lock:
             if getattr(first, "_joined", (None,))[0] != key:
-                searcher, lucene_starts = cls._joined_searcher(first, key)
-                first._joined = (key, searcher, lucene_starts, np.cumsum([0] + [len(i) for i in indexes]).tolist())
-            _, searcher, lucene_starts, slot_starts = first._joined
-
-            def slot(hit: Any) -> int:
-                return slot_starts[bisect.bisect_right(lucene_starts, hit.lucene_docid) - 1] + int(hit.docid)
-
-            return cls._run(first, searcher, queries, k, slot)
+                first._joined = (key, *cls._joined_searcher(first, key, [len(i) for i in indexes]))
+            _, searcher, generator, analyzer, slots = first._joined
+            scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+            ids = np.full((len(queries), k), -1, dtype=np.int64)
+            for row, query in enumerate(queries):
+                top = searcher.search(generator.buildQuery("contents", analyzer, query), int(k)).scoreDocs
+                hits = [(-float(d.score), int(slots[d.doc]), float(d.score)) for d in top]
+                hits.sort()  # score descending, ties by slot (corpus order)
+                ids[row, : len(hits)] = [h[1] for h in hits]
+                scores[row, : len(hits)] = [h[2] for h in hits]
+            return scores, ids
 
     @staticmethod
-    def _joined_searcher(first: "LuceneIndex", directories: tuple[str, ...]) -> tuple[Any, list[int]]:
-        """An Anserini searcher over a MultiReader of ``directories``, and where each one's documents start."""
+    def _joined_searcher(first: "LuceneIndex", directories: tuple[str, ...], sizes: list[int]) -> tuple[Any, ...]:
+        """A BM25 IndexSearcher over a MultiReader of ``directories``, the query side, and Lucene doc -> slot."""
         ensure_jvm()
         from jnius import autoclass
-        from pyserini.search.lucene import LuceneSearcher
 
         fs, paths = autoclass("org.apache.lucene.store.FSDirectory"), autoclass("java.nio.file.Paths")
         opener = autoclass("org.apache.lucene.index.DirectoryReader")
         readers = [opener.open(fs.open(paths.get(directory))) for directory in directories]
-        searcher = LuceneSearcher(directories[0])
-        searcher.object.reader = autoclass("org.apache.lucene.index.MultiReader")(*readers)
-        searcher.set_bm25(first.k1, first.b)
-        return searcher, np.cumsum([0] + [r.maxDoc() for r in readers]).tolist()
+        searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
+            autoclass("org.apache.lucene.index.MultiReader")(*readers), signature="(Lorg/apache/lucene/index/IndexReader;)V")
+        searcher.setSimilarity(autoclass("org.apache.lucene.search.similarities.BM25Similarity")(first.k1, first.b))
+        slots, base = [], 0
+        for reader, size in zip(readers, sizes):  # each document's slot, from the id it was indexed under
+            stored = reader.storedFields()
+            slots.append(base + np.array([int(stored.document(d).get("id")) for d in range(reader.maxDoc())]))
+            base += size
+        generator = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        analyzer = autoclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+        return searcher, generator, analyzer, np.concatenate(slots)
 
     def _run(self, searcher: Any, queries: Any, k: int, slot: Any) -> tuple[np.ndarray, np.ndarray]:
         """One Anserini batch search; ``slot`` maps a hit to the id returned."""
