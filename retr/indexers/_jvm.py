@@ -39,9 +39,7 @@ def ensure_jvm() -> None:
     if not jars:
         raise RetrError("Pyserini's Anserini jar is missing; reinstall pyserini")
     jnius_config.set_classpath(max(jars, key=os.path.getmtime))
-    # the parallel collector: G1 on Java 25 crashed in copy_to_survivor_space under pyjnius (seen twice under
-    # memory pressure, in searches over Anserini); the JVM here holds little more than Lucene's readers
-    options = ["-Dlog4j2.level=WARN", "-Dslf4j.internal.verbosity=WARN", "-XX:+UseParallelGC"]
+    options = ["-Dlog4j2.level=WARN", "-Dslf4j.internal.verbosity=WARN"]
     if _java_major(os.environ["JAVA_HOME"]) >= 23:  # Lucene's mmap calls sun.misc.Unsafe; say it may
         options.append("--sun-misc-unsafe-memory-access=allow")
     jnius_config.add_options(*options)
