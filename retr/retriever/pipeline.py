@@ -210,6 +210,7 @@ class Retriever:
         self._writer: contextlib.ExitStack | None = None
         self._live: LiveIds | None = None
         self.shards: list[Retriever] | None = None  # the shards of a sharded index searched as one
+        self._device = "cpu"  # where new segments score (open_index's device)
 
     @property
     def docstore(self) -> Docstore:
@@ -512,8 +513,6 @@ class Retriever:
             for s, i in zip(scores, ids) if i >= 0
         ]
 
-    _device = "cpu"
-
     def close(self) -> None:
         """Release the generation this retriever holds (and any uncommitted change)."""
         if self._writer is not None:
@@ -533,8 +532,6 @@ class Retriever:
 
 def use_device(index: Index, device: str | None) -> None:
     """Score ``index``'s exact stages on ``device`` (``retr.scoring``); a clear error if its type cannot."""
-    from retr.scoring import check_device
-
     device = check_device(device)
     if hasattr(index, "use_device"):
         index.use_device(device)
