@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ set -e
 ip link set lo up
 trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
 ray start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=2 --include-dashboard=false \\
-    --disable-usage-stats >/dev/null
+    --disable-usage-stats --temp-dir={temp} >/dev/null
 ray start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=2 >/dev/null
 RAY_ADDRESS=127.0.0.1:{port} {python} -m tests.distributed.cluster_job {data} {work}
 """
@@ -29,10 +30,12 @@ def cluster_report(tmp_path_factory):
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("the Ray cluster runs in its own network namespace (unshare -n), which needs root")
     work = tmp_path_factory.mktemp("ray")
-    script = CLUSTER.format(port=6391, python=sys.executable, data=DATA, work=work)
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own session files (short: socket paths)
+    script = CLUSTER.format(port=6391, python=sys.executable, data=DATA, work=work, temp=temp)
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=1200)
+    shutil.rmtree(temp, ignore_errors=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, (run.stdout[-3000:], run.stderr[-3000:])
     return json.loads(lines[-1][len("RESULT "):])

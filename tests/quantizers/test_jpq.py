@@ -74,10 +74,11 @@ def test_train_and_held_out_queries_are_disjoint(cranfield):
 def test_save_open_gives_identical_results_without_pickle(jpq, cranfield, tmp_path):
     path = jpq.save(tmp_path / "jpq")
     files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    assert {"index/centroids.safetensors", "index/query_encoder/model.safetensors", "index/jpq.json"} <= files
+    segment = "seg-000001/index"
+    assert {f"{segment}/centroids.safetensors", f"{segment}/query_encoder/model.safetensors", f"{segment}/jpq.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".pickle")) for f in files)
     reopened = open_index(path)
-    assert isinstance(reopened.index, JPQIndex) and reopened.name == jpq.name
+    assert isinstance(reopened.index.first, JPQIndex) and reopened.name == jpq.name
     held = split_dataset(cranfield, "held-out", HELD_OUT)
     assert run_of(reopened, held, k=50) == run_of(jpq, held, k=50)
     assert json.loads((path / "seg-000001" / "index" / "jpq.json").read_text())["train_queries"] > 50
