@@ -23,7 +23,7 @@ Ratios are against retr's exact index from the same run. Timing: one warm-up cal
 best of ``--repeats`` calls; single-query latency over the first ``--single`` queries. The
 tables are printed and written to bench/results/multivector.md.
 
-    .venv/bin/python bench/multivector.py [--data ../shared/data] [--peers-python /work/benchvenv/bin/python]
+    .venv/bin/python bench/multivector.py [--data ../shared/data] [--peers-python PEERS_VENV/bin/python]
 """
 
 from __future__ import annotations

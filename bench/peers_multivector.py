@@ -2,8 +2,8 @@
 
 Runs in the benchmark environment, not retr's (PyLate pins its own torch), e.g.::
 
-    python3 -m venv /work/benchvenv && /work/benchvenv/bin/pip install 'pylate==1.6.*' fastembed
-    /work/benchvenv/bin/python bench/peers_multivector.py VECTORS.npz RESULTS.npz [--queries 50] [--candidates 100 200]
+    python3 -m venv PEERS_VENV && PEERS_VENV/bin/pip install 'pylate==1.6.*' fastembed
+    PEERS_VENV/bin/python bench/peers_multivector.py VECTORS.npz RESULTS.npz [--queries 50] [--candidates 100 200]
 
 VECTORS.npz holds ``tokens`` (N_tok, dim) float32, ``offsets`` (n_docs + 1,) and ``queries``
 (nq, q_len, dim). RESULTS.npz gets, per system, ``ids/<name>`` (nq, k) top-k document ids and

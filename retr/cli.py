@@ -123,12 +123,7 @@ def _change(index_dir: Path, change) -> None:
 
     start = time.perf_counter()
     retriever = open_index(index_dir)
-    try:
-        done = change(retriever)
-        generation = retriever.commit()
-    except BaseException:
-        retriever.rollback()
-        raise
+    done, generation = retriever.apply(change)
     segments = retriever.index.segments
     typer.echo(f"{done} in {time.perf_counter() - start:.1f} s: {index_dir} is at generation {generation}, "
                f"{len(retriever)} documents in {len(segments)} segment(s), "

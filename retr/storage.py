@@ -101,11 +101,8 @@ class ReaderHold:
         while True:  # a writer may remove a stale hold file between our open and our lock: lock the file on disk
             self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(self._fd, fcntl.LOCK_SH)
-            try:
-                if os.fstat(self._fd).st_ino == os.stat(path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
+            if path.exists() and os.fstat(self._fd).st_ino == os.stat(path).st_ino:
+                break
             os.close(self._fd)
 
     def release(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from retr.errors import RetrError
 from retr.retriever.pipeline import Hit
@@ -52,32 +52,31 @@ def read_run(path: Path | str) -> dict[str, dict[str, float]]:
     if len(first.split()) == 6:
         return read_trec_run(path)
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise RetrError(f"{path} line {number}: expected a TREC run (6 fields) or MS MARCO's qid pid rank")
-            try:
-                run.setdefault(parts[0], {})[parts[1]] = -float(parts[2])
-            except ValueError:
-                raise RetrError(f"{path} line {number}: rank {parts[2]!r} is not a number") from None
+    for number, parts in _fields(path, 3, "expected a TREC run (6 fields) or MS MARCO's qid pid rank"):
+        try:
+            run.setdefault(parts[0], {})[parts[1]] = -float(parts[2])
+        except ValueError:
+            raise RetrError(f"{path} line {number}: rank {parts[2]!r} is not a number") from None
     return run
 
 
 def read_trec_run(path: Path | str) -> dict[str, dict[str, float]]:
     run: dict[str, dict[str, float]] = {}
+    for number, (qid, _, docid, _, score, _) in _fields(path, 6, "a TREC run line has 6 fields"):
+        try:
+            run.setdefault(qid, {})[docid] = float(score)
+        except ValueError:
+            raise RetrError(f"{path} line {number}: score {score!r} is not a number") from None
+    return run
+
+
+def _fields(path: Path | str, count: int, expected: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line, every one with ``count`` fields (else ``expected``)."""
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 6:
-                raise RetrError(f"{path} line {number}: a TREC run line has 6 fields, got {len(parts)}")
-            qid, _, docid, _, score, _ = parts
-            try:
-                run.setdefault(qid, {})[docid] = float(score)
-            except ValueError:
-                raise RetrError(f"{path} line {number}: score {score!r} is not a number") from None
-    return run
+            if len(parts) != count:
+                raise RetrError(f"{path} line {number}: {expected}, got {len(parts)} fields")
+            yield number, parts

@@ -129,18 +129,6 @@ class FaissIndex(ABC):
         self._index = self._make(self.dim, x, n)
         self._tune()
 
-    def empty(self) -> "FaissIndex":
-        """A new empty index of the same settings (a new segment); one trained on a sample keeps its training."""
-        new = type(self)(**self.config())
-        if self._index is not None and hasattr(self, "training_size"):
-            new.dim, new._index = self.dim, self._emptied()
-            new._tune()
-        return new
-
-    def _emptied(self) -> Any:
-        """The trained FAISS index without its vectors (for index types that train)."""
-        raise NotImplementedError
-
     def add(self, vectors: Any) -> None:
         x = as_matrix(vectors, self.dim, f"adding to a {self.name} index")
         if self._index is None:  # not trained on a sample first: train on these
@@ -236,13 +224,18 @@ class IVFIndex(FaissIndex):
         index.train(train)
         return index
 
-    def _emptied(self) -> Any:
-        faiss = _faiss()
-        quantizer = faiss.clone_index(faiss.extract_index_ivf(self._index).quantizer)  # the trained cells
-        index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
-        index.own_fields = True
-        quantizer.this.disown()
-        return index
+    def empty(self) -> "IVFIndex":
+        """A new empty index of the same settings (a new segment) keeping the trained cells."""
+        new = IVFIndex(**self.config())
+        if self._index is not None:
+            faiss = _faiss()
+            quantizer = faiss.clone_index(faiss.extract_index_ivf(self._index).quantizer)
+            new.dim = self.dim
+            new._index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+            new._index.own_fields = True
+            quantizer.this.disown()
+            new._tune()
+        return new
 
     def _tune(self) -> None:
         self._index.nprobe = self.nprobe

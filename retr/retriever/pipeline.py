@@ -397,6 +397,15 @@ class Retriever:
             self._end()
         return self.generation
 
+    def apply(self, change: Any) -> tuple[Any, int]:
+        """Run ``change(self)`` and commit it; on any failure roll it back. Returns its result and the generation."""
+        try:
+            done = change(self)
+            return done, self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
     def rollback(self) -> None:
         """Drop the uncommitted changes (reopening the committed generation) and release the writer lock."""
         if self._writer is None:

@@ -74,12 +74,7 @@ class Served:
             writer = self._writers.get(name)
             if writer is None or writer.generation != self.retrievers[name].generation:
                 writer = self._writers[name] = open_index(self.paths[name])
-            try:
-                changed = apply(writer)
-                generation = writer.commit()
-            except BaseException:
-                writer.rollback()
-                raise
+            changed, generation = writer.apply(apply)
             reader = open_index(self.paths[name], encoder=self.retrievers[name].encoder, device=self.device)
             self.retrievers[name] = reader
             return {"index": name, "changed": changed, "generation": generation, "documents": len(reader)}
