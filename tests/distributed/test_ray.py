@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = """
 set -e
 ip link set lo up
-trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
-ray start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=2 --include-dashboard=false \\
+trap '{ray} stop --force >/dev/null 2>&1 || true' EXIT
+{ray} start --head --node-ip-address=127.0.0.1 --port={port} --num-cpus=2 --include-dashboard=false \\
     --disable-usage-stats --temp-dir={temp} >/dev/null
-ray start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=2 >/dev/null
+{ray} start --address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus=2 >/dev/null
 RAY_ADDRESS=127.0.0.1:{port} {python} -m tests.distributed.cluster_job {data} {work}
 """
 
@@ -31,7 +31,8 @@ def cluster_report(tmp_path_factory):
         pytest.skip("the Ray cluster runs in its own network namespace (unshare -n), which needs root")
     work = tmp_path_factory.mktemp("ray")
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # this cluster's own session files (short: socket paths)
-    script = CLUSTER.format(port=6391, python=sys.executable, data=DATA, work=work, temp=temp)
+    ray = Path(sys.executable).parent / "ray"  # the venv's own CLI: its bin folder need not be on PATH
+    script = CLUSTER.format(port=6391, python=sys.executable, ray=ray, data=DATA, work=work, temp=temp)
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     run = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=1200)
