@@ -122,20 +122,33 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
         index.use_device(args.device)
         index.search(qs[:1], K)  # moves (and tiers) the store once
         build_s += time.perf_counter() - start
-        one, batch, ids = rates(lambda q: index.search(q, K)[1], qs, args.single)
         per_token = 2 * index.dim if spec.startswith(("maxsim", "muvera")) else index.quantizer.code_size
         fde = {"fde_bytes_per_doc": index._inner.quantizer.code_size} if spec.startswith("muvera") else {}
-        emit_system(f"retr {spec} (GPU)", build_s, one, batch, ids, per_token, peak(), **fde)
+        own_depth = getattr(index, "ndocs", None)
+        depths = args.plaid_ndocs if spec.startswith("plaid") and own_depth is None and args.plaid_ndocs else [0]
+        for ndocs in depths:  # PLAID's search depth varies on one build
+            if ndocs:
+                index.ndocs = ndocs
+            one, batch, ids = rates(lambda q: index.search(q, K)[1], qs, args.single)
+            name = f"{spec},ndocs={ndocs}" if ndocs else spec
+            emit_system(f"retr {name} (GPU)", build_s, one, batch, ids, per_token, peak(), **fde)
         if spec in (args.cpu_reference, "maxsim", args.muvera):
             index.use_device("cpu")
-            one, batch, ids = rates(lambda q: index.search(q, K)[1], qs[: args.cpu_queries], min(args.single, 20))
-            extra: dict[str, Any] = {"note": f"recall over {len(ids)} queries"}
-            if spec == "maxsim":  # useful MaxSim FLOP/s against this machine's float32 matrix-product rate
-                flops, peak_flops = 2.0 * np.mean([len(q) for q in qs]) * n_tokens * index.dim * batch, matmul_rate(index.dim)
-                extra.update(maxsim_gflops=flops / 1e9, matmul_gflops=peak_flops / 1e9)
-                extra["note"] += f"; {flops / 1e9:,.0f} GFLOP/s = {flops / peak_flops:.0%} of float32 matmul"
-            emit_system(f"retr {spec} (CPU, {os.cpu_count()} cores)", build_s, one, batch, ids, per_token, None,
-                        **extra)
+            settings = args.cpu_plaid if spec.startswith("plaid") and args.cpu_plaid else [""]
+            for setting in settings:  # PLAID's CPU search settings ("NPROBE:NDOCS") vary on one build too
+                name = spec
+                if setting:
+                    index.nprobe, index.ndocs = (int(v) for v in setting.split(":"))
+                    name = f"{spec},nprobe={index.nprobe},ndocs={index.ndocs}"
+                one, batch, ids = rates(lambda q: index.search(q, K)[1], qs[: args.cpu_queries], min(args.single, 20))
+                extra: dict[str, Any] = {"note": f"recall over {len(ids)} queries"}
+                if spec == "maxsim":  # useful MaxSim FLOP/s against this machine's float32 matrix-product rate
+                    flops = 2.0 * np.mean([len(q) for q in qs]) * n_tokens * index.dim * batch
+                    peak_flops = matmul_rate(index.dim)
+                    extra.update(maxsim_gflops=flops / 1e9, matmul_gflops=peak_flops / 1e9)
+                    extra["note"] += f"; {flops / 1e9:,.0f} GFLOP/s = {flops / peak_flops:.0%} of float32 matmul"
+                emit_system(f"retr {name} (CPU, {os.cpu_count()} cores)", build_s, one, batch, ids, per_token, None,
+                            **extra)
         del index
     for nbits in (2, 4):
         folder = work / f"fastplaid-{size}-{nbits}"
@@ -231,6 +244,10 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=200, help="queries timed one per call")
     parser.add_argument("--cpu-queries", type=int, default=64, help="queries for the CPU reference rows")
     parser.add_argument("--plaid", default="plaid:nbits=2,plaid:nbits=4,plaid:residual=pq,m=96")
+    parser.add_argument("--plaid-ndocs", type=int, nargs="*", default=[],
+                        help="PLAID search depths measured on the GPU for each plaid build (default: its own)")
+    parser.add_argument("--cpu-plaid", nargs="*", default=[],
+                        help="PLAID CPU search settings NPROBE:NDOCS measured on the CPU reference build")
     parser.add_argument("--cpu-reference", default="plaid:nbits=4", help="the compressed spec also run on the CPU")
     parser.add_argument("--muvera", default="muvera:inner=pq,inner_M=1280,candidates=1000")
     parser.add_argument("--muvera-max", type=int, default=100000, help="largest slice MUVERA is built on")

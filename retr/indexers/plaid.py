@@ -97,7 +97,8 @@ class PlaidIndex:
         self._end = 0
         self._ivf: tuple[np.ndarray, np.ndarray] | None = None  # centroid -> documents (CSR offsets, doc ids)
         self.device = "cpu"
-        self._scorer: Any = None
+        self._scorer: Any = None  # on a torch device: the code store in tiers (TorchTokens), and the centroids
+        self._centroids: Any = None
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "nprobe": self.nprobe,
@@ -149,8 +150,9 @@ class PlaidIndex:
         self._offsets.append(np.zeros(1, dtype=np.int64))
 
     def use_device(self, device: str) -> None:
-        """On a torch device the whole compressed store is scored, tile by tile: exhaustive over the codes
-        (its recall is the compression's own ceiling); on the CPU, PLAID's pruning stages."""
+        """On a torch device, centroid interaction runs over every document (no candidate generation or
+        pruning: exhaustive is cheap there) and the best ``ndocs`` are decoded tile by tile and scored
+        exactly; on the CPU, PLAID's four stages."""
         self.device, self._scorer = device, None
 
     def add(self, reps: Any) -> None:
@@ -219,10 +221,7 @@ class PlaidIndex:
             raise RetrError("the index is empty: add documents before searching")
         qs = as_token_matrices(queries, self.dim, f"searching a {self.name} index")
         if self.device != "cpu":
-            if self._scorer is None:
-                self._scorer = TorchTokens(self.codes, self.offsets, self.device, dim=self.dim,
-                                           decode=self.quantizer.torch_decoder(torch_device(self.device)))
-            return self._scorer.search(qs, k)
+            return self._search_on_device(qs, k)
         scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
         ids = np.full((len(qs), k), -1, dtype=np.int64)
         centroids = np.asarray(self.quantizer.centroids, dtype=np.float32)
@@ -235,6 +234,23 @@ class PlaidIndex:
                     scores[row, found], ids[row, found] = s[0, found], cand[order[0, found]]
                 bar.update(1)
         return scores, ids
+
+    def _search_on_device(self, qs: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centroid interaction over every document (read off the codes, nothing decoded), the best ``ndocs``
+        decoded and scored exactly; every document scored exactly when ``ndocs`` covers the index."""
+        import torch
+
+        if self._scorer is None:
+            device = torch_device(self.device)
+            self._scorer = TorchTokens(self.codes, self.offsets, self.device, dim=self.dim,
+                                       decode=self.quantizer.torch_decoder(device))
+            self._centroids = torch.from_numpy(np.asarray(self.quantizer.centroids, np.float32)).to(
+                device, dtype=self._scorer.dtype)
+        depth = max(self.ndocs or search_settings(k)[2], 4 * k)
+        if depth >= len(self):
+            return self._scorer.search(qs, k)
+        return self._scorer.search_coarse(qs, k, depth, lambda q: q @ self._centroids.T,
+                                          self.quantizer.torch_centroid_ids)
 
     def save(self, directory: Path) -> None:
         if not self.quantizer.trained:

@@ -235,7 +235,7 @@ class ResidualQuantizer:
 
         def decode(codes: Any) -> Any:
             lead, rows = codes.shape[:-1], codes.reshape(-1, codes.shape[-1])
-            ids = sum(rows[:, i].long() << (8 * i) for i in range(width))
+            ids = self.torch_centroid_ids(rows)
             packed = rows[:, width:]
             if self.residual == "pq":
                 residual = books[sub, packed.long()].reshape(len(rows), dim)
@@ -246,6 +246,10 @@ class ResidualQuantizer:
             return vectors.reshape(*lead, dim)
 
         return decode
+
+    def torch_centroid_ids(self, codes: Any) -> Any:
+        """Long centroid ids of uint8 code tensors (..., code_size), read as ``centroid_ids`` reads them."""
+        return sum(codes[..., i].long() << (8 * i) for i in range(self.id_size))
 
     def save(self, directory: Path) -> None:
         self._need_trained()

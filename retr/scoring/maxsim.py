@@ -20,7 +20,7 @@ import collections
 import concurrent.futures
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -241,11 +241,42 @@ class TorchTokens:
         return torch.from_numpy(_pad_queries(queries)).to(self._blocks.device, dtype=self.dtype)
 
     def search(self, queries: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         q = self._queries(queries)
+        flat = q.reshape(-1, self.dim)
+
+        def similarities(stored: Any) -> Any:
+            return (flat @ self._floats(stored).reshape(-1, self.dim).T).view(*q.shape[:2], *stored.shape[:2])
+
+        best_s, best_i = (t.cpu().numpy() for t in self._scan(q, k, similarities))
+        return best_s.astype(np.float32), best_i
+
+    def search_coarse(self, queries: Sequence[np.ndarray], k: int, depth: int, table: Callable[[Any], Any],
+                      code_of: Callable[[Any], Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` among each query's best ``depth`` documents by a coarse MaxSim read off the stored rows.
+
+        ``table(q)`` gives each padded query token's score for every code value, (nq, q_len, n_codes), and
+        ``code_of(rows)`` each stored row's code (long, the rows' shape less the last axis); a document's
+        coarse score is ``sum_i max_j table[i, code_j]`` (PLAID's centroid interaction: a query token's
+        score with the centroid each document token was assigned to), over every tier block and without
+        decoding anything. The best ``depth`` documents are then decoded and scored exactly (``rerank``).
+        """
+        if not len(queries):
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        q = self._queries(queries)
+        scores = table(q)
+        _, candidates = self._scan(q, depth, lambda stored: scores[:, :, code_of(stored)])
+        return self.rerank(queries, candidates.cpu().numpy(), k)
+
+    def _scan(self, q: Any, k: int, similarities: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """(nq, k) best MaxSim scores and document ids over every tier block, on the device (-inf, -1: none).
+
+        ``similarities(stored)`` turns a slice of a block, (docs, length, width) stored rows, into
+        (nq, q_len, docs, length) similarities with the padded queries ``q``.
+        """
+        import torch
+
         nq, q_len, _ = q.shape
         best_s = torch.full((nq, k), -float("inf"), device=q.device)
         best_i = torch.full((nq, k), -1, dtype=torch.int64, device=q.device)
@@ -254,15 +285,11 @@ class TorchTokens:
                 n, length = docs.shape[0], docs.shape[1]
                 step = max(1, self.cells // (nq * q_len * length))  # documents scored per step
                 for d0 in range(0, n, step):
-                    part = self._floats(docs[d0 : d0 + step])
-                    sims = (q.reshape(-1, self.dim) @ part.reshape(-1, self.dim).T).view(nq, q_len, len(part), length)
-                    scores = sims.amax(-1).float().sum(1)  # (nq, documents)
+                    scores = similarities(docs[d0 : d0 + step]).amax(-1).float().sum(1)  # (nq, documents)
                     s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
                     best_s, order = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
                     best_i = torch.gather(torch.cat([best_i, ids[d0 : d0 + step][i]], 1), 1, order)
-        best_s, best_i = best_s.cpu().numpy(), best_i.cpu().numpy()
-        best_i[~np.isfinite(best_s)] = -1
-        return best_s.astype(np.float32), best_i
+        return best_s, best_i.masked_fill(torch.isinf(best_s), -1)
 
     def rerank(self, queries: Sequence[np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` of each query among its candidates: their tokens gathered padded, scored at once."""
