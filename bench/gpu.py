@@ -36,6 +36,11 @@ from scale import corpus_slice, machine, queries  # noqa: E402
 
 K = 10
 GPU_MEMORY = 139 * 2**30  # an H200's memory, for the largest corpus that fits
+RUNS = ("Compare systems within one run (`run`: records carry the number of the bench run that measured "
+        "them, `--run N`). Queries/s one at a time are mostly per-call overhead on the host and moved "
+        "between runs on machines of the same kind (retr maxsim 415 then 225 q/s, FastPlaid nbits=4 157 then "
+        "208 q/s at 100K); batched rates and recall held. Run 1: PLAID on the GPU scored every code; run 2: "
+        "centroid interaction over every document, the best `ndocs` decoded and scored exactly.")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -132,7 +137,7 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
             one, batch, ids = rates(lambda q: index.search(q, K)[1], qs, args.single)
             name = f"{spec},ndocs={ndocs}" if ndocs else spec
             emit_system(f"retr {name} (GPU)", build_s, one, batch, ids, per_token, peak(), **fde)
-        if spec in (args.cpu_reference, "maxsim", args.muvera):
+        if args.cpu_queries and spec in (args.cpu_reference, "maxsim", args.muvera):
             index.use_device("cpu")
             settings = args.cpu_plaid if spec.startswith("plaid") and args.cpu_plaid else [""]
             for setting in settings:  # PLAID's CPU search settings ("NPROBE:NDOCS") vary on one build too
@@ -224,17 +229,17 @@ def report(paths: list[str]) -> None:
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([f"{r['size']:,}", r["system"], "error: " + r["error"][:60]] + ["–"] * 7)
+            rows.append([r.get("run", 1), f"{r['size']:,}", r["system"], "error: " + r["error"][:60]] + ["–"] * 7)
             continue
-        rows.append([f"{r['size']:,}", r["system"], f"{r['recall']:.4f}", f"{r['single_qps']:,.1f}",
+        rows.append([r.get("run", 1), f"{r['size']:,}", r["system"], f"{r['recall']:.4f}", f"{r['single_qps']:,.1f}",
                      f"{r['batch_qps']:,.1f}", f"{r['bytes_per_token']:,.0f}",
                      "–" if r.get("gpu_gib") is None else f"{r['gpu_gib']:.2f}", f"{r['build_s']:.1f}",
                      "–" if r.get("kind") == "dense" else f"{r['fits_h200_tokens'] / 1e9:.2f}B",
                      r.get("note", "")])
-    header = ["documents", "system", "recall@10 of exact", "q/s one at a time", "q/s batched", "bytes/token (vector)",
+    header = ["run", "documents", "system", "recall@10 of exact", "q/s one at a time", "q/s batched", "bytes/token (vector)",
               "peak GPU GiB", "build s", "tokens fitting 139 GB", "note"]
     write_results("gpu", "GPU search: exact MaxSim and PLAID codes vs FastPlaid", ["## Measurements\n\n" +
-                  md_table(header, rows)], os.getloadavg()[0], RENDERED)
+                  md_table(header, rows), RUNS], os.getloadavg()[0], RENDERED)
 
 
 def main() -> None:
@@ -256,6 +261,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="torch:cpu runs the GPU code on the CPU (a smoke test)")
     parser.add_argument("--work", default="runs/gpu")
     parser.add_argument("--json", default="runs/gpu.json")
+    parser.add_argument("--run", type=int, default=1, help="this run's number, kept with its records")
     parser.add_argument("--report", nargs="*")
     args = parser.parse_args()
     if args.report:
@@ -265,6 +271,7 @@ def main() -> None:
     Path(args.work).mkdir(parents=True, exist_ok=True)
 
     def emit(record: dict[str, Any]) -> None:
+        record["run"] = args.run
         print(json.dumps({k: v for k, v in record.items() if k != "machine"}), flush=True)
         with open(args.json, "a") as fh:
             fh.write(json.dumps(record) + "\n")
