@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 Row = list[Any]
 RENDERED = " · rendered from the raw records in bench/results/raw/ (each row names the machine it ran on)"
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
 
 
 def md_table(header: Sequence[str], rows: Sequence[Row]) -> str:
@@ -65,9 +66,17 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}×" if base else "–"
 
 
+def portable(arg: str) -> str:
+    """A command-line argument without this machine's layout: paths relative to the repository, or elided."""
+    if not os.path.isabs(arg):
+        return arg
+    path = Path(os.path.abspath(arg))
+    return os.path.relpath(path, REPO) if path.is_relative_to(REPO) else "…/" + "/".join(path.parts[-3:])
+
+
 def write_results(name: str, title: str, sections: Sequence[str], load: float, details: str = "") -> Path:
     """Write bench/results/``name``.md: a header (time, machine, load at start, ``details``, the command) and the sections."""
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
+    command = shlex.join([portable(sys.executable), *map(portable, sys.argv)])
     header = (f"# {title}\n\n{datetime.datetime.now().isoformat(timespec='seconds')} · "
               f"nproc {len(os.sched_getaffinity(0))} · {platform.platform()} · Python {platform.python_version()} · "
               f"load average at start {load:.2f}{details} · `{command}`")
