@@ -60,7 +60,7 @@ TYPES: dict[str, tuple[str, str, str]] = {  # name -> (encoder family, index spe
 
 def encoder_spec(family: str, model: str) -> str:
     return {"bm25": "bm25", "dense": f"dense:{model}", "colbert": f"colbert:{model}",
-            "splade": "splade:splade-tiny"}[family]
+            "splade": "splade:splade-tiny", "slim": "slim:splade-tiny"}[family]
 
 
 def machine() -> dict[str, Any]:
