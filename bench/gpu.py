@@ -261,7 +261,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="torch:cpu runs the GPU code on the CPU (a smoke test)")
     parser.add_argument("--work", default="runs/gpu")
     parser.add_argument("--json", default="runs/gpu.json")
-    parser.add_argument("--run", type=int, default=1, help="this run's number, kept with its records")
+    parser.add_argument("--run", type=int, default=0,
+                        help="this run's number, kept with its records (default: one more than --json holds)")
     parser.add_argument("--report", nargs="*")
     args = parser.parse_args()
     if args.report:
@@ -269,6 +270,9 @@ def main() -> None:
         return
     args.plaid_specs = [s.strip() for s in args.plaid.replace(",plaid", ";plaid").split(";") if s.strip()]
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    if not args.run:
+        held = [json.loads(line) for line in open(args.json) if line.strip()] if os.path.exists(args.json) else []
+        args.run = 1 + max((r.get("run", 1) for r in held), default=0)
 
     def emit(record: dict[str, Any]) -> None:
         record["run"] = args.run
