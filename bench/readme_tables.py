@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-RAW = REPO / "bench" / "results" / "raw" / "eval"
-README = REPO / "README.md"
 RESULTS = REPO / "bench" / "results"
+RAW = RESULTS / "raw" / "eval"
+README = REPO / "README.md"
 SPECS = ["bm25", "dense:all-MiniLM-L6-v2", "dense:all-MiniLM-L6-v2@hnsw", "rrf[bm25 | dense:all-MiniLM-L6-v2]"]
 DATASETS = ["cranfield", "cacm"]
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "recall@1000", "map"]
