@@ -10,12 +10,22 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 Row = list[Any]
 RENDERED = " · rendered from the raw records in bench/results/raw/ (each row names the machine it ran on)"
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
+
+
+def read_records(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
+    """Every record of the JSON-lines files ``paths`` (one JSON object a line; blank lines skipped), in order."""
+    return [json.loads(line) for path in paths for line in open(path) if line.strip()]
+
+
+def machine_label(machine: dict[str, Any], gpu: bool = True) -> str:
+    """'16 cores, NVIDIA H200' from a record's machine (scale.machine()); the GPU only when ``gpu``."""
+    return f"{machine['cpus']} cores" + (f", {machine['gpu']}" if gpu and machine.get("gpu") else "")
 
 
 def md_table(header: Sequence[str], rows: Sequence[Row]) -> str:

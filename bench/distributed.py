@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, ratio, write_results  # noqa: E402
+from common import md_table, ratio, read_records, write_results  # noqa: E402
 from scale import corpus_slice, queries  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def main() -> None:
         paths = [args.json]
     else:
         paths = args.report
-    records = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    records = read_records(paths)
     encode = [r for r in records if r["what"] == "encode"]
     search = [r for r in records if r["what"] == "search"]
     base = next((r["docs_per_s"] for r in encode if r["how"].startswith("retr index")), 0)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RENDERED, md_table, write_results  # noqa: E402
+from common import RENDERED, machine_label, md_table, read_records, write_results  # noqa: E402
 from scale import REPO, corpus_slice, machine  # noqa: E402
 
 
@@ -151,10 +151,10 @@ def main() -> None:
 
 
 def report(paths: list[str]) -> None:
-    records = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    records = read_records(paths)
     rows = [[r["encoder"], r["system"], f"{r['docs']:,}", f"{r['seconds']:.1f}", f"{r['docs'] / r['seconds']:,.0f}",
              f"{r['ratio']:.2f}×" if "ratio" in r else "baseline",
-             f"{r['machine']['cpus']} cores" + (f", {r['machine']['gpu']}" if r["machine"].get("gpu") else "")]
+             machine_label(r["machine"])]
             for r in records]
     write_results("encoding", "Encoding throughput: retr index against the library underneath", [md_table(
         ["encoder", "system", "documents", "seconds", "docs/s", "throughput vs baseline", "machine"], rows)],

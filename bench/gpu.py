@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RENDERED, md_table, write_results  # noqa: E402
+from common import RENDERED, md_table, read_records, write_results  # noqa: E402
 from scale import corpus_slice, machine, queries  # noqa: E402
 
 K = 10
@@ -225,7 +225,7 @@ def dense(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]], 
 
 
 def report(paths: list[str]) -> None:
-    records = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    records = read_records(paths)
     rows = []
     for r in records:
         if "error" in r:
@@ -271,7 +271,7 @@ def main() -> None:
     args.plaid_specs = [s.strip() for s in args.plaid.replace(",plaid", ";plaid").split(";") if s.strip()]
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if not args.run:
-        held = [json.loads(line) for line in open(args.json) if line.strip()] if os.path.exists(args.json) else []
+        held = read_records([args.json]) if os.path.exists(args.json) else []
         args.run = 1 + max((r.get("run", 1) for r in held), default=0)
 
     def emit(record: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, ratio, write_results  # noqa: E402
+from common import machine_label, md_table, ratio, read_records, write_results  # noqa: E402
 from scale import TYPES, corpus_slice, encoder_spec, machine, queries  # noqa: E402
 
 K = 10
@@ -119,13 +119,6 @@ def measure(name: str, size: int, model: str, work: Path, qs: list[str], device:
     return record
 
 
-def where(record: dict[str, Any]) -> str:
-    """The machine a record ran on, and the device its exact scoring used."""
-    host = record["machine"]
-    on = f"{host['cpus']} cores"
-    return on + (f", {host.get('gpu', 'GPU')}" if record.get("device", "cpu") != "cpu" else "")
-
-
 def report(records: list[dict[str, Any]]) -> list[str]:
     rows = []
     for r in records:
@@ -133,7 +126,8 @@ def report(records: list[dict[str, Any]]) -> list[str]:
                      ratio(r["rebuild_s"], r["add_s"]), f"{r['add_bytes'] / 2**20:.1f}",
                      f"{r['rebuild_bytes'] / 2**20:.1f}", f"{r['delete_s']:.2f}", f"{r['delete_bytes'] / 2**10:.0f}",
                      f"{r['qps_1_segment']:.0f}", f"{r['qps_10_segments']:.0f}", f"{r['compact_s']:.1f}",
-                     f"{r['qps_compacted']:.0f}", f"{r['agreement_with_fresh']:.3f}", where(r)])
+                     f"{r['qps_compacted']:.0f}", f"{r['agreement_with_fresh']:.3f}",
+                     machine_label(r["machine"], gpu=r.get("device", "cpu") != "cpu")])
     header = ["type", "index", "docs", "add 1% s", "rebuild s", "rebuild / add", "add MiB written",
               "rebuild MiB", "delete 1% s", "delete KiB written", "q/s 1 segment", "q/s 10 segments", "compact s",
               "q/s compacted", "top-10 overlap with a fresh build", "search on"]
@@ -171,7 +165,7 @@ def main() -> None:
         paths = [args.json]
     else:
         paths = args.report
-    records = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    records = read_records(paths)
     write_results("mutable", "Changing an index: add, delete, segments, compaction vs rebuilding", report(records), load)
 
 

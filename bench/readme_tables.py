@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import md_table, read_records  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -74,23 +78,22 @@ def results_section() -> str:
 
 def late_interaction_section() -> str:
     records = json.loads((RESULTS / "raw" / "multivector.json").read_text())
-    rows = [f"| {r['name']} | {r['bytes_per_token']:,.0f} | {r['recall@10']:.3f} | {r['ndcg@10']:.4f} | {r['qps']:,.1f} |"
+    rows = [[r["name"], f"{r['bytes_per_token']:,.0f}", f"{r['recall@10']:.3f}", f"{r['ndcg@10']:.4f}", f"{r['qps']:,.1f}"]
             for r in records]
     charts = sorted(p.name for p in RESULTS.glob("multivector-cranfield-*.png"))
     return "\n".join([
-        "| system (Cranfield) | index bytes/token | R@10 | nDCG@10 | q/s (all queries in one call) |", "|---|---|---|---|---|",
-        *rows, "", *(f"![{c[:-4]}](bench/results/{c})" for c in charts)])
+        md_table(["system (Cranfield)", "index bytes/token", "R@10", "nDCG@10", "q/s (all queries in one call)"], rows),
+        "", *(f"![{c[:-4]}](bench/results/{c})" for c in charts)])
 
 
 def gpu_section() -> str:
-    records = [json.loads(line) for line in (RESULTS / "raw" / "gpu-h200.json").read_text().splitlines() if line]
+    records = read_records([RESULTS / "raw" / "gpu-h200.json"])
     last = max(r.get("run", 1) for r in records)
-    rows = [f"| {r['system']} | {r['recall']:.4f} | {r['single_qps']:,.0f} | {r['batch_qps']:,.0f} | "
-            f"{r['bytes_per_token']:,.0f} |"
+    rows = [[r["system"], f"{r['recall']:.4f}", f"{r['single_qps']:,.0f}", f"{r['batch_qps']:,.0f}",
+             f"{r['bytes_per_token']:,.0f}"]
             for r in records if r.get("run", 1) == last and r["size"] == 100_000 and "error" not in r]
-    return "\n".join([
-        f"| run {last}, 100,000 documents, k=10 | recall@10 of exact | q/s one at a time | q/s batched | bytes/token |",
-        "|---|---|---|---|---|", *rows])
+    return md_table([f"run {last}, 100,000 documents, k=10", "recall@10 of exact", "q/s one at a time", "q/s batched",
+                     "bytes/token"], rows)
 
 
 SECTIONS = {"results": results_section, "late-interaction": late_interaction_section, "gpu": gpu_section}

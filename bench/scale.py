@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RENDERED, md_table, write_results  # noqa: E402
+from common import RENDERED, machine_label, md_table, read_records, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RETR_DATA", REPO.parent / "shared" / "data")) / "pypi-summaries"
@@ -286,7 +286,7 @@ def fit(sizes: list[float], values: list[float]) -> tuple[float, float] | None:
 
 
 def report(paths: list[str]) -> None:
-    records = [json.loads(line) for p in paths for line in open(p) if line.strip()]
+    records = read_records(paths)
     builds = [r for r in records if "build_s" in r and "error" not in r]
     encodes = [r for r in records if r.get("type", "").startswith("encode-")]
     order = list(TYPES)
@@ -296,12 +296,11 @@ def report(paths: list[str]) -> None:
               "GPU q/s (one)", "machine"]
     rows = []
     for r in builds:
-        m = r["machine"]
         rows.append([r["type"], f"{r['size']:,}", f"{r['build_s']:.1f}", f"{r['build_rss_gib']:.2f}",
                      f"{r['index_bytes_per_doc']:,.0f}", f"{r['disk_bytes_per_doc']:,.0f}",
                      _num(r.get("batch_qps")), _num(r.get("single_qps")), _num(r.get("search_rss_gib"), 2),
                      _num(r.get("recall"), 3), _num(r.get("batch_qps_cuda")), _num(r.get("single_qps_cuda")),
-                     f"{m['cpus']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")])
+                     machine_label(r["machine"])])
     sections = ["## Measurements\n\n" + md_table(header, rows)]
     growth = []
     for name in order:
@@ -326,7 +325,7 @@ def report(paths: list[str]) -> None:
         sections.append("## Encoding rate (filling the embedding cache)\n\n" + md_table(
             ["encoder", "documents", "seconds", "docs/s", "machine"],
             [[r["type"], f"{r['size']:,}", f"{r['seconds']:.1f}", f"{r['docs_per_s']:,.0f}",
-              f"{r['machine']['cpus']} cores" + (f", {r['machine']['gpu']}" if r["machine"].get("gpu") else "")]
+              machine_label(r["machine"])]
              for r in encodes]))
     write_results("scale", "Scale: index types on growing slices of pypi-summaries", sections, os.getloadavg()[0],
                   RENDERED)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import md_table, ratio, write_results  # noqa: E402
+from common import md_table, ratio, read_records, write_results  # noqa: E402
 from scale import corpus_slice, queries  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def main() -> None:
     qs = queries(500)
     specs = {"hnsw": (f"dense:{args.model}", "hnsw"), "bm25": ("bm25", "lucene")}
     specs = {name: specs[name] for name in args.indexes.split(",")}
-    records = [json.loads(line) for path in args.keep for line in open(path) if line.strip()]
+    records = read_records(args.keep)
     run = os.urandom(4).hex()  # ids the writer adds are new to the index, however often the bench reuses it
     baselines: dict[str, float] = {}
     for name, (encoder, index) in specs.items():
