@@ -267,7 +267,7 @@ class TorchTokens:
         q = self._queries(queries)
         scores = table(q)
         _, candidates = self._scan(q, depth, lambda stored: scores[:, :, code_of(stored)])
-        return self.rerank(queries, candidates.cpu().numpy(), k)
+        return self._rerank(q, candidates.cpu().numpy(), k)
 
     def _scan(self, q: Any, k: int, similarities: Callable[[Any], Any]) -> tuple[Any, Any]:
         """(nq, k) best MaxSim scores and document ids over every tier block, on the device (-inf, -1: none).
@@ -293,10 +293,13 @@ class TorchTokens:
 
     def rerank(self, queries: Sequence[np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` of each query among its candidates: their tokens gathered padded, scored at once."""
+        return self._rerank(self._queries(queries), candidates, k)
+
+    def _rerank(self, q: Any, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``rerank`` with the queries already padded on the device."""
         import torch
 
         out_s, out_i = [], []
-        q = self._queries(queries)
         with torch.inference_mode():
             for row, cand in enumerate(np.asarray(candidates)):
                 cand = cand[cand >= 0]
