@@ -39,8 +39,12 @@ GPU_MEMORY = 139 * 2**30  # an H200's memory, for the largest corpus that fits
 RUNS = ("Compare systems within one run (`run`: records carry the number of the bench run that measured "
         "them, `--run N`). Queries/s one at a time are mostly per-call overhead on the host and moved "
         "between runs on machines of the same kind (retr maxsim 415 then 225 q/s, FastPlaid nbits=4 157 then "
-        "208 q/s at 100K); batched rates and recall held. Run 1: PLAID on the GPU scored every code; run 2: "
-        "centroid interaction over every document, the best `ndocs` decoded and scored exactly.")
+        "208 then 185 q/s at 100K); batched rates and recall held. Run 1: PLAID on the GPU scored every code; run 2: "
+        "centroid interaction over every document, the best `ndocs` decoded and scored exactly; run 3: a single "
+        "query's scan replays a captured CUDA graph, small length tiers join the next one (fewer blocks), and "
+        "the exact rerank scores every (query, candidate) pair of a batch at once. 'one-at-a-time top 10 = "
+        "batched': the share of the top 10 a one-query call returns that the batched call also returns "
+        "(float16 sums in another order can swap near-ties).")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -61,15 +65,16 @@ def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def rates(search: Callable[[list[Any]], np.ndarray], qs: list[Any], single: int) -> tuple[float, float, np.ndarray]:
-    """(q/s one query per call, q/s all in one call, ids of all) after a warm-up call."""
-    search(qs[:2])
+def rates(search: Callable[[list[Any]], np.ndarray], qs: list[Any], single: int) -> tuple[float, float, np.ndarray, float]:
+    """(q/s one query per call, q/s all in one call, ids of all, share of the one-at-a-time top 10 that the
+    batched call also returns) after a warm-up call. The share checks that one code path answers both:
+    retr replays a captured CUDA graph for one query and launches kernels one by one for a batch."""
+    search(qs[:1])
     start = time.perf_counter()
-    for q in qs[:single]:
-        search([q])
+    one_ids = [search([q])[0] for q in qs[:single]]
     one = min(single, len(qs)) / (time.perf_counter() - start)
     seconds, ids = timed(synced(lambda: search(qs)))
-    return one, len(qs) / seconds, ids
+    return one, len(qs) / seconds, ids, recall(np.array(one_ids), ids[: len(one_ids)])
 
 
 def recall(ids: np.ndarray, exact: np.ndarray) -> float:
@@ -113,11 +118,12 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
     del exact_scorer
     base = {"size": size, "tokens": n_tokens, "queries": len(qs), "machine": machine()}
 
-    def emit_system(name: str, build_s: float, one: float, batch: float, ids: np.ndarray, bytes_per_token: float,
-                    memory: float | None, **extra: Any) -> None:
+    def emit_system(name: str, build_s: float, measured: tuple[float, float, np.ndarray, float],
+                    bytes_per_token: float, memory: float | None, **extra: Any) -> None:
+        one, batch, ids, agree = measured
         emit({**base, "system": name, "build_s": build_s, "single_qps": one, "batch_qps": batch,
-              "recall": recall(ids, exact), "bytes_per_token": bytes_per_token, "gpu_gib": memory,
-              "fits_h200_tokens": GPU_MEMORY / bytes_per_token, **extra})
+              "recall": recall(ids, exact), "single_agrees": agree, "bytes_per_token": bytes_per_token,
+              "gpu_gib": memory, "fits_h200_tokens": GPU_MEMORY / bytes_per_token, **extra})
 
     muvera = [args.muvera] if args.muvera and size <= args.muvera_max else []
     for spec in ("maxsim", *args.plaid_specs, *muvera):
@@ -134,9 +140,9 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
         for ndocs in depths:  # PLAID's search depth varies on one build
             if ndocs:
                 index.ndocs = ndocs
-            one, batch, ids = rates(lambda q: index.search(q, K)[1], qs, args.single)
+            measured = rates(lambda q: index.search(q, K)[1], qs, args.single)
             name = f"{spec},ndocs={ndocs}" if ndocs else spec
-            emit_system(f"retr {name} (GPU)", build_s, one, batch, ids, per_token, peak(), **fde)
+            emit_system(f"retr {name} (GPU)", build_s, measured, per_token, peak(), **fde)
         if args.cpu_queries and spec in (args.cpu_reference, "maxsim", args.muvera):
             index.use_device("cpu")
             settings = args.cpu_plaid if spec.startswith("plaid") and args.cpu_plaid else [""]
@@ -145,17 +151,17 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
                 if setting:
                     index.nprobe, index.ndocs = (int(v) for v in setting.split(":"))
                     name = f"{spec},nprobe={index.nprobe},ndocs={index.ndocs}"
-                one, batch, ids = rates(lambda q: index.search(q, K)[1], qs[: args.cpu_queries], min(args.single, 20))
+                measured = rates(lambda q: index.search(q, K)[1], qs[: args.cpu_queries], min(args.single, 20))
+                one, batch, ids, _ = measured
                 extra: dict[str, Any] = {"note": f"recall over {len(ids)} queries"}
                 if spec == "maxsim":  # useful MaxSim FLOP/s against this machine's float32 matrix-product rate
                     flops = 2.0 * np.mean([len(q) for q in qs]) * n_tokens * index.dim * batch
                     peak_flops = matmul_rate(index.dim)
                     extra.update(maxsim_gflops=flops / 1e9, matmul_gflops=peak_flops / 1e9)
                     extra["note"] += f"; {flops / 1e9:,.0f} GFLOP/s = {flops / peak_flops:.0%} of float32 matmul"
-                emit_system(f"retr {name} (CPU, {os.cpu_count()} cores)", build_s, one, batch, ids, per_token, None,
-                            **extra)
+                emit_system(f"retr {name} (CPU, {os.cpu_count()} cores)", build_s, measured, per_token, None, **extra)
         del index
-    for nbits in (2, 4):
+    for nbits in args.fastplaid_nbits:
         folder = work / f"fastplaid-{size}-{nbits}"
         shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -171,9 +177,9 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
             hits = fp.search(queries_embeddings=qt, top_k=K, show_progress=False)
             return np.array([[h[0] for h in row] + [-1] * (K - len(row)) for row in hits])
 
-        one, batch, ids = rates(search_fp, qs, args.single)
+        measured = rates(search_fp, qs, args.single)
         size_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-        emit_system(f"FastPlaid nbits={nbits} (GPU)", build_s, one, batch, ids, size_bytes / n_tokens, peak())
+        emit_system(f"FastPlaid nbits={nbits} (GPU)", build_s, measured, size_bytes / n_tokens, peak())
         del fp
 
 
@@ -219,9 +225,16 @@ def dense(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]], 
     for name, scorer in ((f"FAISS flat (CPU, {faiss.omp_get_max_threads()} threads)", NumpyDense(vectors)),
                          ("retr flat (GPU, float32)", TorchDense(vectors, args.device))):
         build_s, _ = timed(synced(lambda: scorer.search(qs[:1], K)))
-        one, batch, ids = rates(lambda q: scorer.search(np.stack(q), K)[1], list(qs), args.single)
+        one, batch, ids, _ = rates(lambda q: scorer.search(np.stack(q), K)[1], list(qs), args.single)
         emit({**base, "system": name, "build_s": build_s, "single_qps": one, "batch_qps": batch,
               "recall": recall(ids, exact), "bytes_per_token": 4 * vectors.shape[1], "kind": "dense"})
+
+
+def agreement(record: dict[str, Any]) -> str:
+    """How much of the one-query-per-call top 10 the batched call returns, where that was measured."""
+    if "single_agrees" not in record or record["system"].startswith("FastPlaid"):
+        return ""
+    return f"one-at-a-time top 10 = batched: {record['single_agrees']:.3f}"
 
 
 def report(paths: list[str]) -> None:
@@ -235,7 +248,7 @@ def report(paths: list[str]) -> None:
                      f"{r['batch_qps']:,.1f}", f"{r['bytes_per_token']:,.0f}",
                      "–" if r.get("gpu_gib") is None else f"{r['gpu_gib']:.2f}", f"{r['build_s']:.1f}",
                      "–" if r.get("kind") == "dense" else f"{r['fits_h200_tokens'] / 1e9:.2f}B",
-                     r.get("note", "")])
+                     "; ".join(filter(None, [r.get("note", ""), agreement(r)]))])
     header = ["run", "documents", "system", "recall@10 of exact", "q/s one at a time", "q/s batched", "bytes/token (vector)",
               "peak GPU GiB", "build s", "tokens fitting 139 GB", "note"]
     write_results("gpu", "GPU search: exact MaxSim and PLAID codes vs FastPlaid", ["## Measurements\n\n" +
@@ -254,6 +267,7 @@ def main() -> None:
     parser.add_argument("--cpu-plaid", nargs="*", default=[],
                         help="PLAID CPU search settings NPROBE:NDOCS measured on the CPU reference build")
     parser.add_argument("--cpu-reference", default="plaid:nbits=4", help="the compressed spec also run on the CPU")
+    parser.add_argument("--fastplaid-nbits", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--muvera", default="muvera:inner=pq,inner_M=1280,candidates=1000")
     parser.add_argument("--muvera-max", type=int, default=100000, help="largest slice MUVERA is built on")
     parser.add_argument("--dense-size", type=int, default=794232)

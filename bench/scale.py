@@ -180,6 +180,7 @@ def search_worker(index_dir: Path, query_dir: Path, count: int, device: str, sin
     batch_s = time.perf_counter() - start
     single_s = None
     if single and not hasattr(reps, "matrix"):
+        index.search(reps[:1], K)  # warm up the one-query path too (on a GPU it captures its CUDA graph here)
         start = time.perf_counter()
         for i in range(min(single, n)):
             index.search(reps[i : i + 1], K)

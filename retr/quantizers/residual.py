@@ -19,6 +19,8 @@ followed by its residual ``x - C[id]`` compressed one of two ways (``residual``)
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +35,7 @@ CODEBOOKS_FILE = "codebooks.npy"
 RESIDUALS = ("bits", "pq")
 PQ_BITS = 8  # bits per product-quantizer sub-code: one byte, 256 codewords per sub-space
 PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (faiss trains slowly on more)
+RESIDUAL_SAMPLE = 1 << 18  # residuals the codec is fitted on (bucket quantiles, or PQ's sample drawn from them)
 CHUNK = 16384  # vectors encoded or decoded at once
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points a centroid
 POINTS_PER_CENTROID = 64  # training points a centroid, at most (the sample is drawn down to this)
@@ -136,8 +139,8 @@ class ResidualQuantizer:
         points = self.sample or k * POINTS_PER_CENTROID
         kmeans_points = x[np.sort(rng.choice(len(x), points, replace=False))] if len(x) > points else x
         self.centroids = spherical_kmeans(kmeans_points, k, niter=self.niter, seed=self.seed)
-        if len(x) > max(points, PQ_SAMPLE):  # the residual codec's sample: as many, or PQ's if larger
-            x = x[np.sort(rng.choice(len(x), max(points, PQ_SAMPLE), replace=False))]
+        if len(x) > RESIDUAL_SAMPLE:  # the residual codec's statistics need far fewer points than the centroids
+            x = x[np.sort(rng.choice(len(x), RESIDUAL_SAMPLE, replace=False))]
         residuals = x - self.centroids[self.assign(x)]
         if self.residual == "pq":
             if len(residuals) > PQ_SAMPLE:
@@ -169,18 +172,29 @@ class ResidualQuantizer:
         width = self.id_size
         out = np.empty((len(x), self.code_size), dtype=np.uint8)
         out[:, :width] = ids.astype("<u2" if width == 2 else "<u4").view(np.uint8).reshape(len(x), width)
-        for s in range(0, len(x), CHUNK):
-            res = x[s : s + CHUNK] - c[ids[s : s + CHUNK]]
-            out[s : s + CHUNK, width:] = self._encode_residuals(res)
+
+        def fill(s: int) -> None:
+            out[s : s + CHUNK, width:] = self._encode_residuals(x[s : s + CHUNK] - c[ids[s : s + CHUNK]])
+
+        # numpy releases the GIL in these array operations, so chunks encode on every core; faiss's PQ is threaded
+        workers = 1 if self.residual == "pq" else os.cpu_count() or 1
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fill, range(0, len(x), CHUNK)))
         return out
 
     def _encode_residuals(self, res: np.ndarray) -> np.ndarray:
         if self.residual == "pq":
             return _pq_codes(res, self.codebooks)
-        shifts = np.arange(self.nbits - 1, -1, -1, dtype=np.uint8)
-        buckets = (res[:, :, None] > self.cutoffs[None]).sum(-1).astype(np.uint8)  # (n, dim)
-        bits = (buckets[:, :, None] >> shifts) & 1  # (n, dim, nbits), most significant first
-        return np.packbits(bits.reshape(len(res), -1), axis=1)
+        buckets = np.zeros(res.shape, dtype=np.uint8)  # (n, dim): how many cut-offs each value exceeds
+        for cut in self.cutoffs.T:
+            buckets += res > cut
+        # 8 / nbits buckets a byte, the first in the most significant bits (what np.packbits makes of their bits)
+        per = 8 // self.nbits
+        buckets = np.pad(buckets, ((0, 0), (0, -buckets.shape[1] % per)))
+        packed = np.zeros((len(res), buckets.shape[1] // per), dtype=np.uint8)
+        for j in range(per):
+            packed |= buckets[:, j::per] << np.uint8(8 - self.nbits * (j + 1))
+        return packed
 
     def _check_codes(self, codes: Any) -> np.ndarray:
         codes = np.asarray(codes)

@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import functools
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -33,7 +34,10 @@ GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stay
 QUERY_GROUP = 64  # queries the numpy path scores together in one pass over the documents
 REDUCERS = max(1, (os.cpu_count() or 1) // 4)  # threads reducing similarity chunks while the next product runs
 BLOCK_TOKENS = 1 << 22  # padded tokens in one torch tier block (the unit kept resident or streamed)
+MIN_BLOCK_TOKENS = 1 << 18  # a tier smaller than this is padded to the next one (each block costs kernel launches)
 TORCH_CELLS = {"cuda": 1 << 29, "cpu": 1 << 24}  # similarity entries one torch step computes at once
+GRAPH_QUERIES = 8  # batches up to this many queries replay a captured CUDA graph (a few launches instead of many)
+GRAPHS_KEPT = 4  # captured graphs a scorer keeps (one per query batch shape and depth)
 
 
 @functools.lru_cache(maxsize=8)
@@ -140,6 +144,25 @@ def tier_lengths(longest: int) -> list[int]:
     return out
 
 
+def tier_groups(lengths: np.ndarray, block_tokens: int = BLOCK_TOKENS,
+                min_tokens: int = MIN_BLOCK_TOKENS) -> list[tuple[np.ndarray, int]]:
+    """(document ids, padded length) of each torch block: documents by length tier, at most ``block_tokens``
+    padded tokens a block; a tier that would pad to fewer than ``min_tokens`` at the next tier's length joins
+    that tier instead (fewer, fuller blocks: a single query's search costs kernel launches per block, and
+    the extra padding is bounded by ``min_tokens``). Empty documents are in no block."""
+    tiers = tier_lengths(int(lengths.max(initial=1)))
+    out, carried = [], np.zeros(0, dtype=np.int64)
+    for i, (low, length) in enumerate(zip([0, *tiers], tiers)):
+        docs = np.concatenate([carried, np.flatnonzero((lengths > low) & (lengths <= length))])
+        if i + 1 < len(tiers) and len(docs) * tiers[i + 1] <= min_tokens:
+            carried = docs
+            continue
+        carried = docs[:0]
+        per_block = max(1, block_tokens // length)
+        out += [(docs[start : start + per_block], length) for start in range(0, len(docs), per_block)]
+    return out
+
+
 def padded_rows(offsets: np.ndarray, doc_ids: np.ndarray, length: int) -> np.ndarray:
     """(len(doc_ids), length) token rows of each document, its last token repeated to fill (exact for MaxSim)."""
     starts = offsets[doc_ids]
@@ -208,20 +231,15 @@ class TorchTokens:
         self.dim = int(dim or tokens.shape[1])
         self.width = int(tokens.shape[1])  # values a stored row holds: dim floats, or code bytes
         stored = torch.uint8 if decode is not None else self.dtype
-        lengths = np.diff(self.offsets)
-        tiers = tier_lengths(int(lengths.max(initial=1)))
-        blocks = []
-        for low, length in zip([0, *tiers], tiers):
-            docs = np.flatnonzero((lengths > low) & (lengths <= length))  # empty documents are in no tier
-            per_block = max(1, block_tokens // length)
-            for start in range(0, len(docs), per_block):
-                part = docs[start : start + per_block]
-                blocks.append(Block(functools.partial(self._gather, part, length), len(part) * length * self.width,
-                                    part))
+        blocks = [Block(functools.partial(self._gather, docs, length), len(docs) * length * self.width, docs)
+                  for docs, length in tier_groups(np.diff(self.offsets), block_tokens)]
         self._blocks = DeviceBlocks(blocks, device, stored, budget)
         self._ids = [torch.from_numpy(b.meta).to(self._blocks.device) for b in blocks]
         self._budget = self._blocks.budget - self._blocks.nbytes if self._blocks.resident else 0
         self._store: Any = None  # the whole flat store on the device (for reranking) once it is needed and fits
+        self.graphs = self._blocks.device.type == "cuda"  # replay small batches' scans from captured CUDA graphs
+        self._graphs: dict[tuple, tuple[Any, Any, Any]] = {}
+        self._graph_lock = threading.Lock()
 
     @property
     def resident(self) -> bool:
@@ -243,13 +261,12 @@ class TorchTokens:
     def search(self, queries: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        q = self._queries(queries)
-        flat = q.reshape(-1, self.dim)
+        def scan(q: Any) -> tuple[Any, Any]:
+            flat = q.reshape(-1, self.dim)
+            return self._scan(q, k, lambda stored: (flat @ self._floats(stored).reshape(-1, self.dim).T).view(
+                *q.shape[:2], *stored.shape[:2]))
 
-        def similarities(stored: Any) -> Any:
-            return (flat @ self._floats(stored).reshape(-1, self.dim).T).view(*q.shape[:2], *stored.shape[:2])
-
-        best_s, best_i = (t.cpu().numpy() for t in self._scan(q, k, similarities))
+        best_s, best_i = (t.cpu().numpy() for t in self._replayed(("exact", k), self._queries(queries), scan))
         return best_s.astype(np.float32), best_i
 
     def search_coarse(self, queries: Sequence[np.ndarray], k: int, depth: int, table: Callable[[Any], Any],
@@ -264,10 +281,43 @@ class TorchTokens:
         """
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        def scan(q: Any) -> tuple[Any, Any]:
+            scores = table(q)
+            return self._scan(q, depth, lambda stored: scores[:, :, code_of(stored)])
+
         q = self._queries(queries)
-        scores = table(q)
-        _, candidates = self._scan(q, depth, lambda stored: scores[:, :, code_of(stored)])
+        _, candidates = self._replayed(("coarse", depth), q, scan)
         return self._rerank(q, candidates.cpu().numpy(), k)
+
+    def _replayed(self, key: tuple, q: Any, scan: Callable[[Any], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """``scan(q)``; for a small batch on a CUDA device with the store resident, replayed from a CUDA graph.
+
+        A single query's scan is a few kernels per tier block, so its time goes to launching them from
+        Python; a graph captured once per (batch shape, ``key``) launches them all at once. The graph's
+        input is copied in and its outputs copied out under a lock (a service searches from threads).
+        """
+        import torch
+
+        if not (self.graphs and self.resident and len(q) <= GRAPH_QUERIES):
+            return scan(q)
+        with self._graph_lock:
+            entry = self._graphs.get((key, tuple(q.shape)))
+            if entry is None:
+                side = torch.cuda.Stream(q.device)  # warm-up outside the capture (moves the blocks, loads kernels)
+                side.wait_stream(torch.cuda.current_stream(q.device))
+                with torch.cuda.stream(side):
+                    scan(q)
+                torch.cuda.current_stream(q.device).wait_stream(side)
+                static_q, graph = q.clone(), torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = scan(static_q)
+                if len(self._graphs) >= GRAPHS_KEPT:
+                    self._graphs.pop(next(iter(self._graphs)))
+                entry = self._graphs[(key, tuple(q.shape))] = static_q, graph, outputs
+            static_q, graph, outputs = entry
+            static_q.copy_(q)
+            graph.replay()
+            return tuple(t.clone() for t in outputs)
 
     def _scan(self, q: Any, k: int, similarities: Callable[[Any], Any]) -> tuple[Any, Any]:
         """(nq, k) best MaxSim scores and document ids over every tier block, on the device (-inf, -1: none).
@@ -278,17 +328,20 @@ class TorchTokens:
         import torch
 
         nq, q_len, _ = q.shape
-        best_s = torch.full((nq, k), -float("inf"), device=q.device)
-        best_i = torch.full((nq, k), -1, dtype=torch.int64, device=q.device)
+        # each step's own top k, merged once at the end (a running merge costs a single query more launches)
+        parts_s = [torch.full((nq, k), -float("inf"), device=q.device)]
+        parts_i = [torch.full((nq, k), -1, dtype=torch.int64, device=q.device)]
         with torch.inference_mode():
             for ids, (_, docs) in zip(self._ids, self._blocks):
                 n, length = docs.shape[0], docs.shape[1]
                 step = max(1, self.cells // (nq * q_len * length))  # documents scored per step
                 for d0 in range(0, n, step):
-                    scores = similarities(docs[d0 : d0 + step]).amax(-1).float().sum(1)  # (nq, documents)
+                    scores = similarities(docs[d0 : d0 + step]).amax(-1).sum(1, dtype=torch.float32)  # (nq, docs)
                     s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-                    best_s, order = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
-                    best_i = torch.gather(torch.cat([best_i, ids[d0 : d0 + step][i]], 1), 1, order)
+                    parts_s.append(s)
+                    parts_i.append(ids[d0 : d0 + step][i])
+            best_s, order = torch.topk(torch.cat(parts_s, 1), k, dim=1)
+            best_i = torch.gather(torch.cat(parts_i, 1), 1, order)
         return best_s, best_i.masked_fill(torch.isinf(best_s), -1)
 
     def rerank(self, queries: Sequence[np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,27 +349,44 @@ class TorchTokens:
         return self._rerank(self._queries(queries), candidates, k)
 
     def _rerank(self, q: Any, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``rerank`` with the queries already padded on the device."""
+        """``rerank`` with the queries already padded on the device.
+
+        Every (query, candidate) pair of the batch is scored together: pairs sorted by document length,
+        cut into chunks of about ``cells / dim`` gathered rows, each chunk's documents padded to its
+        longest (sorted, so little padding) and scored against their queries in one batched product.
+        """
         import torch
 
-        out_s, out_i = [], []
+        cand = np.asarray(candidates, dtype=np.int64).reshape(len(q), -1)
+        pair_q, pair_c = np.nonzero(cand >= 0)
+        docs = cand[pair_q, pair_c]
+        lengths = self.offsets[docs + 1] - self.offsets[docs]
+        nonempty = lengths > 0  # an empty document keeps -inf
+        pair_q, pair_c, docs, lengths = pair_q[nonempty], pair_c[nonempty], docs[nonempty], lengths[nonempty]
+        order = np.argsort(lengths, kind="stable")
+        cap = max(1, self.cells // self.dim)  # rows (document tokens plus query tokens) gathered per chunk
+        q_len, dev = q.shape[1], q.device
+        scores = torch.full(cand.shape, -float("inf"), device=dev)
         with torch.inference_mode():
-            for row, cand in enumerate(np.asarray(candidates)):
-                cand = cand[cand >= 0]
-                lengths = self.offsets[cand + 1] - self.offsets[cand]
-                if not len(cand):
-                    out_s.append(np.full((1, k), -np.inf, np.float32))
-                    out_i.append(np.full((1, k), -1, np.int64))
-                    continue
-                length = int(lengths.max(initial=1)) or 1
-                docs = self._floats(self._rows_on_device(padded_rows(self.offsets, cand, length)))
-                sims = (q[row] @ docs.reshape(-1, self.dim).T).view(q.shape[1], len(cand), length)
-                scores = sims.amax(-1).float().sum(0).cpu().numpy()
-                scores[lengths == 0] = -np.inf
-                s, order = top_k(scores[None], k)
-                out_s.append(s)
-                out_i.append(np.where(order >= 0, cand[np.maximum(order, 0)], -1))
-        return np.concatenate(out_s), np.concatenate(out_i)
+            start = 0
+            while start < len(order):
+                # as many pairs as fit ``cap`` at the length where the chunk would end (sorted: its longest)
+                guess = max(start, min(len(order), start + cap // (int(lengths[order[start]]) + q_len)) - 1)
+                end = min(len(order), start + max(1, cap // (int(lengths[order[guess]]) + q_len)))
+                part = order[start:end]
+                length = int(lengths[part[-1]])
+                found = self._floats(self._rows_on_device(padded_rows(self.offsets, docs[part], length)))
+                where_q = torch.from_numpy(pair_q[part]).to(dev)
+                s = torch.bmm(q[where_q], found.transpose(1, 2)).amax(-1).sum(1, dtype=torch.float32)
+                scores[where_q, torch.from_numpy(pair_c[part]).to(dev)] = s
+                start = end
+            best_s, best_c = (t.cpu().numpy() for t in torch.topk(scores, min(k, cand.shape[1]), dim=1))
+        out_s = np.full((len(cand), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(cand), k), -1, dtype=np.int64)
+        kept = np.isfinite(best_s)
+        out_s[:, : best_s.shape[1]] = np.where(kept, best_s, -np.inf)
+        out_i[:, : best_s.shape[1]] = np.where(kept, np.take_along_axis(cand, best_c, 1), -1)
+        return out_s, out_i
 
     def _rows_on_device(self, rows: np.ndarray) -> Any:
         """Token rows gathered on the device from a resident copy of the store, or on the host and moved."""
@@ -351,4 +421,4 @@ def token_scorer(tokens: np.ndarray, offsets: np.ndarray, device: str = "cpu") -
 
 
 __all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "padded_rows",
-           "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]
+           "tier_groups", "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]

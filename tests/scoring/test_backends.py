@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retr.scoring import NumpyDense, NumpyTokens, TorchDense, TorchTokens, merge_top_k, top_k
-from retr.scoring.maxsim import maxsim_batch, padded_rows, tier_lengths, token_rows
+from retr.scoring.maxsim import maxsim_batch, padded_rows, tier_groups, tier_lengths, token_rows
 
 
 def test_top_k_breaks_ties_by_lowest_id_across_the_partition():
@@ -31,12 +31,30 @@ def test_tiers_and_repeat_padding_keep_maxsim_exact(colbert_slice):
         np.testing.assert_allclose(got, direct[qi], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("budget, block", [(None, 1 << 22), (None, 3000), (20_000, 3000)])
-def test_torch_tokens_equal_numpy(colbert_slice, budget, block):
-    """Resident, small blocks, and streamed (a budget of 20 kB: every block moves per search)."""
+def test_tier_groups_hold_every_document_once_padded_to_at_least_its_length(colbert_slice):
+    _, _, offsets, _ = colbert_slice
+    lengths = np.diff(offsets)
+    lengths[[5, 9]] = 0
+    for block, least in [(1 << 22, 0), (1 << 22, 2000), (300, 2000)]:
+        groups = tier_groups(lengths, block, least)
+        ids = np.concatenate([docs for docs, _ in groups])
+        assert sorted(ids) == sorted(set(np.flatnonzero(lengths > 0)))  # each non-empty document once
+        assert all((lengths[docs] <= length).all() and len(docs) * length <= max(block, length) for docs, length in groups)
+    plain, merged = tier_groups(lengths, 1 << 22, 0), tier_groups(lengths, 1 << 22, 2000)
+    assert len(merged) < len(plain)  # small tiers joined the next one
+    pad = lambda groups: sum(len(docs) * length for docs, length in groups)  # noqa: E731
+    assert pad(plain) < pad(merged) <= pad(plain) + 2000 * len(plain)
+
+
+@pytest.mark.parametrize("budget, block, cells", [(None, 1 << 22, None), (None, 3000, None), (20_000, 3000, None),
+                                                  (None, 1 << 22, 4000)])
+def test_torch_tokens_equal_numpy(colbert_slice, budget, block, cells):
+    """Resident, small blocks, streamed (a budget of 20 kB: every block moves per search), and tiny steps
+    (``cells``: each scan step a few documents, each rerank chunk a few candidates)."""
     docs, flat, offsets, queries = colbert_slice
     numpy_scorer = NumpyTokens(flat, offsets)
     torch_scorer = TorchTokens(flat, offsets, "torch:cpu", budget=budget, block_tokens=block)
+    torch_scorer.cells = cells or torch_scorer.cells
     assert torch_scorer.resident == (budget is None)
     want_s, want_i = numpy_scorer.search(queries, 10)
     got_s, got_i = torch_scorer.search(queries, 10)
@@ -50,12 +68,14 @@ def test_torch_tokens_equal_numpy(colbert_slice, budget, block):
 
 def test_empty_documents_never_match_on_either_backend(colbert_slice):
     docs, _, _, queries = colbert_slice
-    some = [docs[0], docs[0][:0], docs[1]]
+    some = [docs[0], docs[0][:0], docs[1], docs[1][:0]]
     flat = np.concatenate(some)
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in some])])
     for scorer in (NumpyTokens(flat, offsets), TorchTokens(flat, offsets, "torch:cpu")):
         scores, ids = scorer.search(queries[:2], 3)
         assert sorted(ids[0, :2]) == [0, 2] and ids[0, 2] == -1 and np.isneginf(scores[0, 2])
+        scores, ids = scorer.rerank(queries[:2], np.array([[3, 1, 2], [1, 3, -1]]), 3)
+        assert ids.tolist() == [[2, -1, -1], [-1, -1, -1]] and np.isneginf(scores[:, 1:]).all()
 
 
 @pytest.mark.parametrize("budget", [None, 100_000])
@@ -80,3 +100,45 @@ def test_subset_gather_matches_contiguous_scoring(colbert_slice):
     picked = np.array([250, 3, 77, 3, 120])
     rows, seg = token_rows(offsets, picked)
     np.testing.assert_array_equal(maxsim_batch(queries, flat, seg, rows=rows), maxsim_batch(queries, flat[rows], seg))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="CUDA graphs need a CUDA GPU")
+def test_cuda_graph_replay_equals_the_kernel_by_kernel_scan():
+    """Single queries replay a captured graph (exact and PLAID's coarse scan): same answers as launching each
+    kernel, query after query through one graph."""
+    from retr.quantizers.residual import ResidualQuantizer
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 40, 3000)
+    tokens = rng.standard_normal((int(lengths.sum()), 64)).astype(np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    queries = [rng.standard_normal((int(n), 64)).astype(np.float32) for n in (32, 32, 32, 7)]
+    rq = ResidualQuantizer(nbits=4, n_centroids=64)
+    rq.train(tokens)
+    codes = rq.encode(tokens)
+    for store, decode in ((tokens, None), (codes, rq.torch_decoder("cuda"))):
+        graphed, plain = (TorchTokens(store, offsets, "cuda", dim=64, decode=decode) for _ in range(2))
+        plain.graphs = False
+        for query in queries:
+            (got_s, got_i), (want_s, want_i) = graphed.search([query], 10), plain.search([query], 10)
+            np.testing.assert_array_equal(got_i, want_i)
+            np.testing.assert_allclose(got_s, want_s, rtol=1e-6)
+            if decode is not None:
+                import torch
+
+                centroids = torch.from_numpy(rq.centroids).to("cuda", dtype=graphed.dtype)
+                (got_s, got_i), (want_s, want_i) = (
+                    s.search_coarse([query], 10, 50, lambda q: q @ centroids.T, rq.torch_centroid_ids)
+                    for s in (graphed, plain))
+                np.testing.assert_array_equal(got_i, want_i)
+                np.testing.assert_allclose(got_s, want_s, rtol=1e-6)
+        assert graphed._graphs and not plain._graphs
