@@ -304,24 +304,15 @@ def report(paths: list[str]) -> None:
                      machine_label(r["machine"])])
     sections = ["## Measurements\n\n" + md_table(header, rows)]
     growth = []
+    machines = sorted({machine_label(r["machine"]) for r in builds})
     for name in order:
-        mine = sorted((r for r in builds if r["type"] == name), key=lambda r: r["size"])
-        if len(mine) < 2:
-            continue
-        sizes = [r["size"] for r in mine]
-        cells = [name]
-        for key, unit in (("build_s", "min"), ("build_rss_gib", "GiB"), ("disk_bytes_per_doc", "GB"),
-                          ("search_rss_gib", "GiB"), ("batch_qps", "q/s")):
-            got = fit(sizes, [r.get(key) for r in mine])
-            if got is None:
-                cells.append("–")
-                continue
-            slope, value = got
-            value = value / 60 if unit == "min" else value * MSMARCO / 1e9 if unit == "GB" else value
-            cells.append(f"n^{slope:.2f} → {value:,.1f} {unit}")
-        growth.append(cells)
-    sections.append("## Fitted growth (power law over the sizes measured) and MS MARCO (8.8M passages)\n\n" + md_table(
-        ["type", "build time", "build peak RSS", "disk", "search peak RSS", "q/s (batch)"], growth))
+        for host in machines:  # a fit over one machine's sizes only: rates and build times depend on the machine
+            mine = sorted((r for r in builds if r["type"] == name and machine_label(r["machine"]) == host),
+                          key=lambda r: r["size"])
+            if len(mine) >= 2:
+                growth.append(_growth(name, host, mine))
+    sections.append("## Fitted growth (power law over one machine's sizes) and MS MARCO (8.8M passages)\n\n" + md_table(
+        ["type", "machine", "sizes", "build time", "build peak RSS", "disk", "search peak RSS", "q/s (batch)"], growth))
     if encodes:
         sections.append("## Encoding rate (filling the embedding cache)\n\n" + md_table(
             ["encoder", "documents", "seconds", "docs/s", "machine"],
@@ -330,6 +321,22 @@ def report(paths: list[str]) -> None:
              for r in encodes]))
     write_results("scale", "Scale: index types on growing slices of pypi-summaries", sections, os.getloadavg()[0],
                   RENDERED)
+
+
+def _growth(name: str, host: str, mine: list[dict[str, Any]]) -> list[str]:
+    """One row of fitted growth: each figure's exponent in n and its value at MS MARCO's size."""
+    sizes = [r["size"] for r in mine]
+    cells = [name, host, ", ".join(f"{n // 1000:,}K" for n in sizes)]
+    for key, unit in (("build_s", "min"), ("build_rss_gib", "GiB"), ("disk_bytes_per_doc", "GB"),
+                      ("search_rss_gib", "GiB"), ("batch_qps", "q/s")):
+        got = fit(sizes, [r.get(key) for r in mine])
+        if got is None:
+            cells.append("–")
+            continue
+        slope, value = got
+        value = value / 60 if unit == "min" else value * MSMARCO / 1e9 if unit == "GB" else value
+        cells.append(f"n^{slope:.2f} → {value:,.1f} {unit}")
+    return cells
 
 
 def _num(value: float | None, digits: int = 1) -> str:

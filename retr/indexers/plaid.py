@@ -45,7 +45,6 @@ QUANTIZER_DIR = "residual"
 # on a torch device ndocs defaults to this many times ColBERT's: decoding more documents costs little there
 # (100K pypi-summaries documents, k=10, nbits=4 on an H200: ndocs 256 -> recall@10 0.908, 1024 -> 0.924 at 213 q/s)
 DEVICE_DEPTH = 4
-EXACT_SHARE = 4
 
 
 def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
@@ -215,7 +214,7 @@ class PlaidIndex:
             rows, seg = token_rows(offsets, cand)
             cids = ids[rows]
         # stage 3: centroid interaction without pruning
-        final = max(k, ndocs // EXACT_SHARE)
+        final = max(k, ndocs // 4)
         if len(cand) > final:
             approx = _centroid_scores(qc, cids, seg, None)
             cand = np.sort(cand[top_k(approx[None], final)[1][0]])
