@@ -294,21 +294,24 @@ def report(paths: list[str]) -> None:
     builds.sort(key=lambda r: (order.index(r["type"]), r["size"]))
     header = ["type", "documents", "build s", "build peak RSS GiB", "index B/doc", "disk B/doc (with docstore ids)",
               "q/s (batch)", "q/s (one at a time)", "search peak RSS GiB", "recall@10 of exact", "GPU q/s (batch)",
-              "GPU q/s (one)", "machine"]
+              "GPU q/s (one)", "machine", "note"]
     rows = []
     for r in builds:
         rows.append([r["type"], f"{r['size']:,}", f"{r['build_s']:.1f}", f"{r['build_rss_gib']:.2f}",
                      f"{r['index_bytes_per_doc']:,.0f}", f"{r['disk_bytes_per_doc']:,.0f}",
                      _num(r.get("batch_qps")), _num(r.get("single_qps")), _num(r.get("search_rss_gib"), 2),
                      _num(r.get("recall"), 3), _num(r.get("batch_qps_cuda")), _num(r.get("single_qps_cuda")),
-                     machine_label(r["machine"])])
+                     machine_label(r["machine"]), r.get("note", "")])
     sections = ["## Measurements\n\n" + md_table(header, rows)]
     growth = []
     machines = sorted({machine_label(r["machine"]) for r in builds})
     for name in order:
         for host in machines:  # a fit over one machine's sizes only: rates and build times depend on the machine
-            mine = sorted((r for r in builds if r["type"] == name and machine_label(r["machine"]) == host),
-                          key=lambda r: r["size"])
+            series: dict[int, dict[str, Any]] = {}  # one record a size: the first (a later rebuild has a note)
+            for r in builds:
+                if r["type"] == name and machine_label(r["machine"]) == host:
+                    series.setdefault(r["size"], r)
+            mine = [series[size] for size in sorted(series)]
             if len(mine) >= 2:
                 growth.append(_growth(name, host, mine))
     sections.append("## Fitted growth (power law over one machine's sizes) and MS MARCO (8.8M passages)\n\n" + md_table(

@@ -12,6 +12,8 @@ Two backends give the same answer:
   exact and needs no mask) and queries padded with zero vectors (a zero query token adds 0).
   A tier block is then one batched matrix product and a max over its last axis; blocks stay on
   the device when they fit (``retr.scoring.device``) and are streamed from the host otherwise.
+  On a CUDA device a small batch (a single query above all) replays a CUDA graph of the whole scan,
+  captured on its first search, instead of launching a few kernels per block from Python.
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ class TorchTokens:
     def search(self, queries: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+
         def scan(q: Any) -> tuple[Any, Any]:
             flat = q.reshape(-1, self.dim)
             return self._scan(q, k, lambda stored: (flat @ self._floats(stored).reshape(-1, self.dim).T).view(
@@ -281,6 +284,7 @@ class TorchTokens:
         """
         if not len(queries):
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+
         def scan(q: Any) -> tuple[Any, Any]:
             scores = table(q)
             return self._scan(q, depth, lambda stored: scores[:, :, code_of(stored)])
