@@ -13,6 +13,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -258,6 +259,19 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise RetrError(f"cannot read {path}: {exc}; rebuild the index") from None
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (Linux ``MADV_DONTNEED``).
+
+    The mapping is read-only and file-backed, so nothing is lost: the OS page cache keeps the pages and
+    a later read maps them back. Streaming through a large map then holds resident only what was read
+    since the last release, not everything ever read. A no-op for arrays in memory and elsewhere.
+    """
+    mapping = getattr(array, "_mmap", None)  # np.memmap's own mmap object
+    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(ValueError, OSError):  # a closed map, or a platform that refuses
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 COPY_BLOCK = 1 << 26  # bytes copied at once when an array is written block by block

@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from retr import RetrError
-from retr.storage import StringArray, atomic_directory, read_manifest, save_array, write_manifest
+from retr.storage import (StringArray, atomic_directory, load_array, read_manifest, release_pages, save_array,
+                          write_manifest)
 
 
 def _index_dir(root, name="idx"):
@@ -142,3 +144,24 @@ def test_saving_a_mapped_array_onto_itself_keeps_it(tmp_path):
     mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
     save_array(tmp_path / "a.npy", mapped)
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("RssFile")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from Linux's /proc")
+def test_released_pages_leave_the_resident_set_and_read_back_unchanged(tmp_path):
+    """What a build streams through the embedding cache's maps does not stay resident (the RSS bound)."""
+    data = np.random.default_rng(0).standard_normal((1 << 14, 1024)).astype(np.float32)  # 64 MiB
+    save_array(tmp_path / "rows.npy", data)
+    mapped = load_array(tmp_path / "rows.npy")
+    before = _rss_file_kib()
+    total = float(mapped.sum(dtype=np.float64))  # touches every page
+    touched = _rss_file_kib()
+    release_pages(mapped)
+    released = _rss_file_kib()
+    assert touched - before > 48 * 1024 and touched - released > 48 * 1024
+    assert float(mapped.sum(dtype=np.float64)) == total and np.array_equal(mapped[-3:], data[-3:])
+    release_pages(data)  # an array in memory: nothing to release, no error

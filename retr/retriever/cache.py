@@ -21,7 +21,7 @@ import numpy as np
 
 from retr.hashindex import HashIndex, hash_keys
 from retr.progress import progress_bar
-from retr.storage import load_array, save_array
+from retr.storage import load_array, release_pages, save_array
 
 SHARD_FILES = ("keys.npy", "offsets.npy", "rows.npy")
 SHIFT = 32  # a cached text's location: shard number << SHIFT | row in the shard
@@ -106,6 +106,8 @@ class EmbeddingCache:
         with self._lock:
             self._load()
             positions = self._where.find(keys)
+            for _, rows in self._shards:  # what earlier calls read is unmapped: a build streams, RSS stays flat
+                release_pages(rows)
         results: list[np.ndarray | None] = [None] * len(texts)
         missing: dict[bytes, list[int]] = {}
         for i in np.flatnonzero(positions < 0).tolist():
