@@ -10,7 +10,8 @@ cache serves later runs) and every system searches those same vectors:
 - dense flat on the GPU against FAISS's flat search on all CPU cores, at the largest slice.
 
 Recall@10 is measured against exact float32 MaxSim (inner product for dense). Queries/s one
-query per call and all queries in one call; build seconds; bytes per token; peak GPU memory.
+query per call and all queries in one call, and how far the one-query answers equal the batched ones
+(retr replays a CUDA graph for one query); build seconds; bytes per token; peak GPU memory.
 Every result is appended to ``--json`` as it is measured; ``--report`` writes bench/results/gpu.md.
 
     python bench/gpu.py --sizes 100000,400000 --model PATH --json runs/gpu.json
