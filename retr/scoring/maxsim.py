@@ -300,28 +300,38 @@ class TorchTokens:
         Python; a graph captured once per (batch shape, ``key``) launches them all at once. The graph's
         input is copied in and its outputs copied out under a lock (a service searches from threads).
         """
-        import torch
-
         if not (self.graphs and self.resident and len(q) <= GRAPH_QUERIES):
             return scan(q)
         with self._graph_lock:
             entry = self._graphs.get((key, tuple(q.shape)))
             if entry is None:
-                side = torch.cuda.Stream(q.device)  # warm-up outside the capture (moves the blocks, loads kernels)
-                side.wait_stream(torch.cuda.current_stream(q.device))
-                with torch.cuda.stream(side):
-                    scan(q)
-                torch.cuda.current_stream(q.device).wait_stream(side)
-                static_q, graph = q.clone(), torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    outputs = scan(static_q)
+                try:
+                    entry = self._capture(q, scan)
+                except RuntimeError:  # no room for the graph's memory, or no CUDA: same answer, kernel by kernel
+                    self.graphs = False
+                    return scan(q)
                 if len(self._graphs) >= GRAPHS_KEPT:
                     self._graphs.pop(next(iter(self._graphs)))
-                entry = self._graphs[(key, tuple(q.shape))] = static_q, graph, outputs
+                self._graphs[(key, tuple(q.shape))] = entry
             static_q, graph, outputs = entry
             static_q.copy_(q)
             graph.replay()
             return tuple(t.clone() for t in outputs)
+
+    @staticmethod
+    def _capture(q: Any, scan: Callable[[Any], tuple[Any, Any]]) -> tuple[Any, Any, Any]:
+        """(static input, CUDA graph, its outputs): ``scan`` warmed up on a side stream, then captured."""
+        import torch
+
+        side = torch.cuda.Stream(q.device)  # the warm-up moves the blocks and loads kernels outside the capture
+        side.wait_stream(torch.cuda.current_stream(q.device))
+        with torch.cuda.stream(side):
+            scan(q)
+        torch.cuda.current_stream(q.device).wait_stream(side)
+        static_q, graph = q.clone(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = scan(static_q)
+        return static_q, graph, outputs
 
     def _scan(self, q: Any, k: int, similarities: Callable[[Any], Any]) -> tuple[Any, Any]:
         """(nq, k) best MaxSim scores and document ids over every tier block, on the device (-inf, -1: none).

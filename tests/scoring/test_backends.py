@@ -102,6 +102,19 @@ def test_subset_gather_matches_contiguous_scoring(colbert_slice):
     np.testing.assert_array_equal(maxsim_batch(queries, flat, seg, rows=rows), maxsim_batch(queries, flat[rows], seg))
 
 
+def test_a_graph_that_cannot_be_captured_falls_back_to_launching_kernels(colbert_slice):
+    """Capturing needs CUDA (and room for the graph's memory); where it fails, the scan runs as before."""
+    _, flat, offsets, queries = colbert_slice
+    want = NumpyTokens(flat, offsets).search(queries[:1], 10)
+    scorer = TorchTokens(flat, offsets, "torch:cpu")
+    assert not scorer.graphs  # off on the CPU: forced on, the capture fails there
+    scorer.graphs = True
+    got = scorer.search(queries[:1], 10)
+    assert not scorer.graphs and not scorer._graphs
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
 def _cuda() -> bool:
     try:
         import torch
