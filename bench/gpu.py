@@ -66,7 +66,8 @@ def synced(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def rates(search: Callable[[list[Any]], np.ndarray], qs: list[Any], single: int) -> tuple[float, float, np.ndarray, float]:
+def rates(search: Callable[[list[Any]], np.ndarray], qs: list[Any],
+          single: int) -> tuple[float, float, np.ndarray, float]:
     """(q/s one query per call, q/s all in one call, ids of all, share of the one-at-a-time top 10 that the
     batched call also returns) after a warm-up call. The share checks that one code path answers both:
     retr replays a captured CUDA graph for one query and launches kernels one by one for a batch."""

@@ -95,6 +95,7 @@ def gpu_section() -> str:
     return md_table([f"run {last}: documents", "system (k=10)", "recall@10 of exact", "q/s one at a time",
                      "q/s batched", "bytes/token"], rows)
 
+
 SECTIONS = {"results": results_section, "late-interaction": late_interaction_section, "gpu": gpu_section}
 
 

@@ -39,7 +39,8 @@ def test_tier_groups_hold_every_document_once_padded_to_at_least_its_length(colb
         groups = tier_groups(lengths, block, least)
         ids = np.concatenate([docs for docs, _ in groups])
         assert sorted(ids) == sorted(set(np.flatnonzero(lengths > 0)))  # each non-empty document once
-        assert all((lengths[docs] <= length).all() and len(docs) * length <= max(block, length) for docs, length in groups)
+        for docs, length in groups:  # each padded to at least its documents' length, no block above the limit
+            assert (lengths[docs] <= length).all() and len(docs) * length <= max(block, length)
     plain, merged = tier_groups(lengths, 1 << 22, 0), tier_groups(lengths, 1 << 22, 2000)
     assert len(merged) < len(plain)  # small tiers joined the next one
     pad = lambda groups: sum(len(docs) * length for docs, length in groups)  # noqa: E731
