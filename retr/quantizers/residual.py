@@ -125,7 +125,7 @@ class ResidualQuantizer:
             raise RetrError(f"{what}: expected a non-empty (n, dim) matrix, got shape {x.shape}")
         if self.centroids is not None and x.shape[1] != self.centroids.shape[1]:
             raise RetrError(f"{what}: vectors have dimension {x.shape[1]}, the quantizer holds {self.centroids.shape[1]}")
-        if not np.isfinite(x).all():
+        if not all(np.isfinite(x[s : s + CHUNK]).all() for s in range(0, len(x), CHUNK)):  # no x-sized temporary
             raise RetrError(f"{what}: vectors contain NaN or infinity")
         return np.ascontiguousarray(x)
 
