@@ -264,7 +264,7 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
 def release_pages(array: np.ndarray) -> None:
     """Drop a memory-mapped array's pages from this process's resident set (Linux ``MADV_DONTNEED``).
 
-    The mapping is read-only and file-backed, so nothing is lost: the OS page cache keeps the pages and
+    The mapping is shared and file-backed, so nothing is lost: the OS page cache keeps the pages and
     a later read maps them back. Streaming through a large map then holds resident only what was read
     since the last release, not everything ever read. A no-op for arrays in memory and elsewhere.
     """
