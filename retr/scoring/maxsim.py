@@ -397,9 +397,8 @@ class TorchTokens:
             best_s, best_c = (t.cpu().numpy() for t in torch.topk(scores, min(k, cand.shape[1]), dim=1))
         out_s = np.full((len(cand), k), -np.inf, dtype=np.float32)
         out_i = np.full((len(cand), k), -1, dtype=np.int64)
-        kept = np.isfinite(best_s)
-        out_s[:, : best_s.shape[1]] = np.where(kept, best_s, -np.inf)
-        out_i[:, : best_s.shape[1]] = np.where(kept, np.take_along_axis(cand, best_c, 1), -1)
+        out_s[:, : best_s.shape[1]] = best_s  # -inf where a query had fewer scored candidates
+        out_i[:, : best_s.shape[1]] = np.where(np.isfinite(best_s), np.take_along_axis(cand, best_c, 1), -1)
         return out_s, out_i
 
     def _rows_on_device(self, rows: np.ndarray) -> Any:
