@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from retr.errors import RetrError
-from retr.quantizers.kmeans import nearest_centroids, normalize_rows, spherical_kmeans
+from retr.quantizers.kmeans import nearest_centroids, spherical_kmeans
 from retr.storage import load_array, save_array
 
 CENTROIDS_FILE, CUTOFFS_FILE, WEIGHTS_FILE = "centroids.npy", "cutoffs.npy", "weights.npy"
@@ -79,6 +79,7 @@ class ResidualQuantizer:
         self.cutoffs: np.ndarray | None = None  # bits: (dim, 2^nbits - 1) float32
         self.weights: np.ndarray | None = None  # bits: (dim, 2^nbits) float32
         self.codebooks: np.ndarray | None = None  # pq: (m, 256, dim / m) float32
+        self._table: np.ndarray | None = None  # decoding lookup, from the weights or codebooks (_byte_table)
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "niter": self.niter,
@@ -132,6 +133,7 @@ class ResidualQuantizer:
     def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:
         """Centroids and residual codec from ``vectors``, a sample of ``n_total`` token vectors (default: all)."""
         x = self._check(vectors, "training the residual quantizer")
+        self._table = None
         if self.residual == "pq" and x.shape[1] % self.m:
             raise RetrError(f"residual quantizer: m={self.m} does not divide the dimension {x.shape[1]}")
         rng = np.random.default_rng(self.seed)
@@ -139,9 +141,12 @@ class ResidualQuantizer:
         points = self.sample or k * POINTS_PER_CENTROID
         kmeans_points = x[np.sort(rng.choice(len(x), points, replace=False))] if len(x) > points else x
         self.centroids = spherical_kmeans(kmeans_points, k, niter=self.niter, seed=self.seed)
-        if len(x) > RESIDUAL_SAMPLE:  # the residual codec's statistics need far fewer points than the centroids
-            x = x[np.sort(rng.choice(len(x), RESIDUAL_SAMPLE, replace=False))]
-        residuals = x - self.centroids[self.assign(x)]
+        # the residual codec's statistics need far fewer points than the centroids; residuals made in place
+        residuals = x[np.sort(rng.choice(len(x), RESIDUAL_SAMPLE, replace=False))] if len(x) > RESIDUAL_SAMPLE \
+            else x.copy()
+        ids = self.assign(residuals)
+        for s in range(0, len(residuals), CHUNK):
+            residuals[s : s + CHUNK] -= self.centroids[ids[s : s + CHUNK]]
         if self.residual == "pq":
             if len(residuals) > PQ_SAMPLE:
                 residuals = residuals[np.sort(rng.choice(len(residuals), PQ_SAMPLE, replace=False))]
@@ -150,8 +155,8 @@ class ResidualQuantizer:
         levels = 1 << self.nbits
         cut_q = np.arange(1, levels) / levels
         weight_q = (np.arange(levels) + 0.5) / levels
-        self.cutoffs = np.quantile(residuals, cut_q, axis=0).T.astype(np.float32).copy()
-        self.weights = np.quantile(residuals, weight_q, axis=0).T.astype(np.float32).copy()
+        both = np.quantile(residuals, np.concatenate([cut_q, weight_q]), axis=0).T.astype(np.float32)  # one copy
+        self.cutoffs, self.weights = both[:, : levels - 1].copy(), both[:, levels - 1 :].copy()
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """Nearest centroid (largest inner product) of each vector, int32 (on a GPU when there is one)."""
@@ -211,21 +216,36 @@ class ResidualQuantizer:
             raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
         width = self.id_size
         out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
-        for s in range(0, len(ids), CHUNK):
-            res = self._decode_residuals(np.asarray(codes[s : s + CHUNK, width:]))
-            out[s : s + CHUNK] = normalize_rows(c[ids[s : s + CHUNK]] + res)
+        for s in range(0, len(ids), CHUNK):  # in place: no temporaries the size of the output
+            block = out[s : s + CHUNK]
+            np.take(c, ids[s : s + CHUNK], axis=0, out=block)
+            block += self._decode_residuals(np.asarray(codes[s : s + CHUNK, width:]))
+            block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)[:, None]
         return out
 
     def _decode_residuals(self, packed: np.ndarray) -> np.ndarray:
-        if self.residual == "pq":
-            m = len(self.codebooks)
-            return self.codebooks[np.arange(m), packed.astype(np.intp)].reshape(len(packed), -1)
-        dim = len(self.weights)
-        bits = np.unpackbits(packed, axis=1, count=dim * self.nbits).reshape(-1, dim, self.nbits)
-        buckets = bits[:, :, 0].astype(np.intp)
-        for b in range(1, self.nbits):
-            buckets = (buckets << 1) | bits[:, :, b]
-        return self.weights[np.arange(dim), buckets]
+        """float32 (n, dim) residuals: one lookup per code byte (the values that byte stands for, side by side)."""
+        slots = np.arange(packed.shape[1], dtype=np.intp) << 8
+        values = np.take(self._byte_table(), slots + packed)  # a gather of fixed-size records: far faster than 2-D
+        return values.view(np.float32).reshape(len(packed), -1)[:, : self.dim]
+
+    def _byte_table(self) -> np.ndarray:
+        """(residual bytes * 256,) records of ``4 * values`` bytes: record ``256 j + b`` holds the float32
+        values byte ``j`` of a residual decodes to when it is ``b`` (PQ: a codeword; bits: 8 / nbits buckets)."""
+        if self._table is None:
+            if self.residual == "pq":
+                table = self.codebooks
+            else:
+                per, dim = 8 // self.nbits, len(self.weights)
+                weights = np.pad(self.weights, ((0, -dim % per), (0, 0)))  # (bytes * per, levels)
+                byte = np.arange(256)
+                # bucket of the i-th value in a byte: the first value sits in the most significant bits
+                buckets = (byte[:, None] >> (8 - self.nbits * (np.arange(per) + 1))) & ((1 << self.nbits) - 1)
+                rows = np.arange(len(weights)).reshape(-1, 1, per)  # (bytes, 1, per)
+                table = weights[rows, buckets[None]]  # (bytes, 256, per)
+            table = np.ascontiguousarray(table, dtype=np.float32)
+            self._table = table.reshape(-1, table.shape[-1]).view(f"V{4 * table.shape[-1]}")[:, 0]
+        return self._table
 
     def torch_decoder(self, device: str) -> Callable[[Any], Any]:
         """``decode`` in torch on ``device``: uint8 code tensors (..., code_size) -> float32 (..., dim), unit rows.
