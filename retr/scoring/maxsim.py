@@ -92,6 +92,12 @@ def maxsim_batch(
         best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
         out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
 
+    if int(offsets[-1] - offsets[0]) <= chunk:  # one product (a rerank of a few documents): no reducer threads
+        t0, t1 = int(offsets[0]), int(offsets[-1])
+        if n_docs and t1 > t0:
+            block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
+            reduce(0, n_docs, t0, q_all @ widen(block).T)
+        return out
     # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads
     pending: collections.deque = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
