@@ -261,14 +261,25 @@ def load_array(path: Path, mmap: bool = True) -> np.ndarray:
         raise RetrError(f"cannot read {path}: {exc}; rebuild the index") from None
 
 
-def release_pages(array: np.ndarray) -> None:
+def memory_map_of(array: Any) -> mmap.mmap | None:
+    """The mmap an array's memory lies in (an ``np.memmap`` or any view of one), else None."""
+    while array is not None:
+        mapping = getattr(array, "_mmap", None)  # np.memmap's own mmap object, shared by its slices
+        if mapping is not None:
+            return mapping
+        array = getattr(array, "base", None)
+    return None
+
+
+def release_pages(array: np.ndarray | mmap.mmap) -> None:
     """Drop a memory-mapped array's pages from this process's resident set (Linux ``MADV_DONTNEED``).
 
     The mapping is shared and file-backed, so nothing is lost: the OS page cache keeps the pages and
     a later read maps them back. Streaming through a large map then holds resident only what was read
-    since the last release, not everything ever read. A no-op for arrays in memory and elsewhere.
+    since the last release, not everything ever read. Given an array, the whole map it lies in is released.
+    A no-op for arrays in memory and elsewhere.
     """
-    mapping = getattr(array, "_mmap", None)  # np.memmap's own mmap object
+    mapping = array if isinstance(array, mmap.mmap) else memory_map_of(array)
     if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
         with contextlib.suppress(ValueError, OSError):  # a closed map, or a platform that refuses
             mapping.madvise(mmap.MADV_DONTNEED)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from retr import RetrError
-from retr.storage import (StringArray, atomic_directory, load_array, read_manifest, release_pages, save_array,
-                          write_manifest)
+from retr.storage import (StringArray, atomic_directory, load_array, memory_map_of, read_manifest, release_pages,
+                          save_array, write_manifest)
 
 
 def _index_dir(root, name="idx"):
@@ -165,3 +165,21 @@ def test_released_pages_leave_the_resident_set_and_read_back_unchanged(tmp_path)
     assert touched - before > 48 * 1024 and touched - released > 48 * 1024
     assert float(mapped.sum(dtype=np.float64)) == total and np.array_equal(mapped[-3:], data[-3:])
     release_pages(data)  # an array in memory: nothing to release, no error
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from Linux's /proc")
+def test_stacked_token_rows_equal_their_concatenation_and_leave_no_mapped_pages(tmp_path):
+    """A training sample copied out of the cache's maps (``stack_tokens``) costs its copy, not the maps too."""
+    from retr.indexers.maxsim import as_token_matrices, stack_tokens
+
+    data = np.random.default_rng(1).standard_normal((1 << 14, 1024)).astype(np.float32)  # 64 MiB
+    save_array(tmp_path / "rows.npy", data)
+    mapped = load_array(tmp_path / "rows.npy")
+    bounds = np.unique(np.random.default_rng(2).integers(0, len(data), 500))
+    docs = as_token_matrices([mapped[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)])], None, "test")
+    assert memory_map_of(docs[3]) is memory_map_of(mapped) is not None and memory_map_of(data) is None
+    before = _rss_file_kib()
+    flat = stack_tokens(docs, block=64)
+    assert np.array_equal(flat, data) and flat.dtype == np.float32
+    assert _rss_file_kib() - before < 16 * 1024  # the 64 MiB read through the map did not stay resident
+    assert stack_tokens([]).shape == (0, 0)

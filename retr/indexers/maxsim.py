@@ -20,7 +20,7 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.scoring import token_scorer
-from retr.storage import GrowingArray, load_array
+from retr.storage import GrowingArray, load_array, memory_map_of, release_pages
 
 TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"
 DTYPES = ("float16", "float32")
@@ -42,6 +42,28 @@ def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]
         if not np.isfinite(x).all():
             raise RetrError(f"{what}: item {i} contains NaN or infinity")
         out.append(x)
+    return out
+
+
+def stack_tokens(docs: list[np.ndarray], block: int = 4096) -> np.ndarray:
+    """The documents' token rows as one float32 (tokens, dim) matrix, copied ``block`` documents at a time.
+
+    Rows read from the embedding cache are memory-mapped; the pages each block read are dropped from
+    the resident set once copied (``release_pages``), so a large training sample costs its copy only,
+    not the copy and every page mapped to make it.
+    """
+    if not docs:
+        return np.zeros((0, 0), np.float32)
+    out = np.empty((sum(len(d) for d in docs), docs[0].shape[1]), dtype=np.float32)
+    at = 0
+    for start in range(0, len(docs), block):
+        part = docs[start : start + block]
+        for doc in part:
+            out[at : at + len(doc)] = doc
+            at += len(doc)
+        maps = {id(m): m for m in map(memory_map_of, part) if m is not None}
+        for mapping in maps.values():
+            release_pages(mapping)
     return out
 
 
