@@ -5,18 +5,21 @@ Each document token is stored as one code row, a centroid id and a compressed re
 never as floats; the codes are one memory-mapped ``.npy``. An inverted list maps each centroid to
 the documents holding a token assigned to it (CSR arrays). A query runs in four stages:
 
-1. candidate generation: each query token's ``nprobe`` best centroids, and the union of
-   their documents;
-2. centroid interaction with pruning: ``sum_i max_j <q_i, C[id_j]>`` over the tokens
-   whose centroid scores at least ``t_cs`` for some query token; best ``ndocs`` kept;
-3. centroid interaction without pruning on those; best ``ndocs / 4`` kept;
+1. candidate generation: each query token reads the lists of its ``nprobe`` best centroids;
+2. centroid interaction off those lists (``probed_scores``): ``sum_i max_j <q_i, C[id_j]>``
+   over each reached document's centroids, a centroid token i did not probe counting as the
+   best score it skipped (an upper bound; ``t_cs`` set: centroids scoring below it are not
+   probed); best ``ndocs`` kept. PLAID's pruning with ``t_cs`` and its 2-4 probes are
+   calibrated for trained ColBERTv2 vectors: on zero-shot MiniLM tokens they kept 0.58-0.79
+   of the exact top 10; probing 1 / 256 of the centroids keeps 0.89-0.91 (bench/results/depth.md);
+3. centroid interaction over every token of those; best ``ndocs / 4`` kept;
 4. residuals of those documents decompressed, exact MaxSim, best ``k``.
 
-``nprobe``, ``t_cs`` and ``ndocs`` follow the search depth k unless set (ColBERT's defaults:
-k <= 10: 2 probes, 0.45, 256 documents; k <= 100: 2, 0.45, 1024; deeper: 4, 0.4, 4 k or 4096);
-``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents. The centroids train on
-the tokens of a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's), on a GPU when
-there is one, and later chunks of the corpus are only encoded.
+``nprobe`` and ``ndocs`` follow the search depth k and the number of centroids unless set
+(``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
+A batch of queries runs in threads, one BLAS thread each. The centroids train on the tokens of
+a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's), on a GPU when there is one, and
+later chunks of the corpus are only encoded.
 
 On a torch device (``use_device``) the stages change: centroid interaction without pruning runs
 over every document, reading each token's centroid id straight off its code row (nothing is
@@ -26,13 +29,16 @@ decoded and there is no candidate generation: exhaustive is cheap there), and th
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from retr.errors import RetrError
-from retr.indexers.maxsim import as_token_matrices
+from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
 from retr.scoring import TorchTokens, maxsim_batch, token_rows, top_k
@@ -42,35 +48,70 @@ from retr.storage import GrowingArray, load_array, save_array
 CODES_FILE, OFFSETS_FILE = "codes.npy", "offsets.npy"
 IVF_OFFSETS_FILE, IVF_DOCS_FILE = "ivf_offsets.npy", "ivf_docs.npy"
 QUANTIZER_DIR = "residual"
+PROBE_SHARE = 256  # a CPU search probes 1 / PROBE_SHARE of the centroids per query token (search_settings)
+CPU_DEPTH = 4  # on the CPU ndocs defaults to this many times ColBERT's (search_settings)
+QC_CELLS = 1 << 25  # query-token x centroid scores computed at once by a CPU search (128 MiB)
 # on a torch device ndocs defaults to this many times ColBERT's: decoding more documents costs little there
 # (100K pypi-summaries documents, k=10, nbits=4 on an H200: ndocs 256 -> recall@10 0.908, 1024 -> 0.924 at 213 q/s)
 DEVICE_DEPTH = 4
 
 
-def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-    """sum_i max_j qc[i, cids_j] per document segment (cids: centroid ids); pruned tokens (keep False) count 0."""
-    n_docs = len(seg) - 1
-    if keep is not None:
-        kept_per_doc = np.add.reduceat(keep.astype(np.int64), seg[:-1]) if len(keep) else np.zeros(n_docs, np.int64)
-        kept_per_doc[np.diff(seg) == 0] = 0
-        cids = cids[keep]
-        seg = np.concatenate([[0], np.cumsum(kept_per_doc)])
-    out = np.zeros(n_docs, dtype=np.float32)
-    lengths = np.diff(seg)
-    nonempty = np.flatnonzero(lengths > 0)
+def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """sum_i max_j qc[i, cids_j] per document segment (cids: the documents' token centroid ids)."""
+    out = np.zeros(len(seg) - 1, dtype=np.float32)
+    nonempty = np.flatnonzero(np.diff(seg) > 0)
     if len(nonempty):
         best = np.maximum.reduceat(qc[:, cids], seg[:-1][nonempty], axis=1)  # (q_len, docs)
         out[nonempty] = best.sum(0)
     return out
 
 
-def search_settings(k: int) -> tuple[int, float, int]:
-    """(nprobe, t_cs, ndocs) for a search of depth ``k``: ColBERT's PLAID defaults, deeper for deeper k."""
-    if k <= 10:
-        return 2, 0.45, 256
-    if k <= 100:
-        return 2, 0.45, 1024
-    return 4, 0.4, max(4 * k, 4096)
+def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: np.ndarray, ivf_docs: np.ndarray,
+                  n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid interaction read off the inverted lists: (documents reached, their scores).
+
+    Query token i looks up its ``nprobe`` best centroids' lists (only those scoring above ``t_cs``
+    when set); a document scores ``sum_i max_j qc[i, C_j]`` over the centroids of its tokens, where
+    a centroid token i did not look up counts as the best score it skipped, an upper bound. The work
+    is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass.
+    """
+    n_tokens, n_c = qc.shape
+    probe = min(nprobe, n_c)
+    if probe < n_c:
+        order = np.argpartition(-qc, probe, axis=1)
+        best, skipped = order[:, :probe], order[:, probe]
+        floor = qc[np.arange(n_tokens), skipped]
+    else:
+        best, floor = np.tile(np.arange(n_c), (n_tokens, 1)), qc.min(1)
+    if t_cs is not None:
+        floor = np.maximum(floor, np.float32(t_cs))
+    total = np.zeros(n_docs, dtype=np.float32)
+    gain = np.zeros(n_docs, dtype=np.float32)  # one query token's best gain over its floor, per document
+    for i in range(n_tokens):
+        above = qc[i, best[i]] - floor[i]
+        looked = above > 0
+        positions, seg = token_rows(ivf_offsets, best[i][looked])
+        docs = ivf_docs[positions]
+        np.maximum.at(gain, docs, np.repeat(above[looked], np.diff(seg)))
+        total[docs] += gain[docs]  # a repeated document adds once: every copy writes the same sum
+        gain[docs] = 0
+    reached = np.flatnonzero(total)
+    return reached, total[reached] + floor.sum()
+
+
+def colbert_ndocs(k: int) -> int:
+    """ColBERT's PLAID ``ndocs`` for a search of depth ``k``: documents kept after centroid interaction."""
+    return 256 if k <= 10 else 1024 if k <= 100 else max(4 * k, 4096)
+
+
+def search_settings(k: int, n_centroids: int) -> tuple[int, int]:
+    """(nprobe, ndocs) of a CPU search of depth ``k`` over ``n_centroids`` centroids.
+
+    Each query token probes 1 / PROBE_SHARE of the centroids (ColBERT's 2 or 4 probes are far
+    too few for a zero-shot encoder), so the probes grow with the corpus as the centroids do; ``ndocs``
+    is ``CPU_DEPTH`` times ColBERT's.
+    """
+    return max(2 if k <= 100 else 4, n_centroids // PROBE_SHARE), CPU_DEPTH * colbert_ndocs(k)
 
 
 def training_docs(n: int) -> int:
@@ -81,7 +122,8 @@ def training_docs(n: int) -> int:
 class PlaidIndex:
     """ColBERTv2 residual compression searched with PLAID's centroid interaction and pruning.
 
-    ``nprobe``, ``t_cs`` and ``ndocs`` left unset follow the search depth k (``search_settings``).
+    ``nprobe`` and ``ndocs`` left unset follow the search depth k and the centroids (``search_settings``);
+    ``t_cs`` unset prunes nothing.
     """
 
     name = "plaid"
@@ -145,7 +187,7 @@ class PlaidIndex:
     def train(self, reps: Any, n: int) -> None:
         """Centroids from the tokens of a sample of documents (``n`` documents in all)."""
         docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")
-        flat = np.concatenate(docs) if docs else np.zeros((0, 0), np.float32)
+        flat = stack_tokens(docs)  # the sample's cached rows are not all kept mapped beside their copy
         if len(flat) == 0:
             raise RetrError("training a plaid index: the documents have no token vectors to train centroids on")
         self.quantizer.train(flat, int(round(len(flat) / max(len(docs), 1) * n)))
@@ -189,39 +231,30 @@ class PlaidIndex:
             self._ivf = offsets, docs.astype(np.int32)
         return self._ivf
 
-    def _search_one(self, query: np.ndarray, k: int, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        auto_probe, auto_t_cs, auto_ndocs = search_settings(k)
-        nprobe = self.nprobe or auto_probe
-        t_cs = auto_t_cs if self.t_cs is None else self.t_cs
-        ndocs = max(self.ndocs or auto_ndocs, 4 * k)
+    def _search_one(self, query: np.ndarray, qc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """PLAID's stages for one query (``qc``: its centroid scores): (exact scores, their documents)."""
+        nprobe, t_cs, ndocs = self._settings(k)
         ivf_offsets, ivf_docs = self._lists()
-        offsets, ids = self._offsets.array, self._ids.array
-        qc = query @ centroids.T  # (q_len, n_centroids)
-        n_c = qc.shape[1]
-        probe = min(nprobe, n_c)
-        best = np.argpartition(-qc, probe - 1, axis=1)[:, :probe] if probe < n_c else np.tile(np.arange(n_c), (len(qc), 1))
-        lists = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in np.unique(best)]
-        cand = np.unique(np.concatenate(lists)).astype(np.int64) if lists else np.zeros(0, np.int64)
-        if len(cand) == 0:
-            return np.zeros(0, np.float32), cand
-        # stage 2: centroid interaction with pruning
-        rows, seg = token_rows(offsets, cand)
-        cids = ids[rows]
-        keep = (qc.max(0) >= t_cs)[cids]
-        approx = _centroid_scores(qc, cids, seg, keep)
+        offsets, ids = np.asarray(self._offsets.array), self._ids.array
+        # stages 1 and 2: candidates and their centroid interaction, from the inverted lists
+        cand, approx = probed_scores(qc, nprobe, t_cs, ivf_offsets, ivf_docs, len(self))
         if len(cand) > ndocs:
             cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
-            rows, seg = token_rows(offsets, cand)
-            cids = ids[rows]
-        # stage 3: centroid interaction without pruning
+        rows, seg = token_rows(offsets, cand)
+        # stage 3: centroid interaction over every token of the candidates, no bound
         final = max(k, ndocs // 4)
         if len(cand) > final:
-            approx = _centroid_scores(qc, cids, seg, None)
+            approx = _centroid_scores(qc, ids[rows], seg)
             cand = np.sort(cand[top_k(approx[None], final)[1][0]])
             rows, seg = token_rows(offsets, cand)
         # stage 4: decompress and score exactly
         tokens = self.quantizer.decode(np.asarray(self._codes.array[rows]))
         return maxsim_batch([query], tokens, seg)[0], cand
+
+    def _settings(self, k: int) -> tuple[int, float | None, int]:
+        """(nprobe, t_cs, ndocs) of a CPU search of depth ``k``: the index's own, else ``search_settings``."""
+        auto_probe, auto_ndocs = search_settings(k, len(self.quantizer.centroids))
+        return self.nprobe or auto_probe, self.t_cs, max(self.ndocs or auto_ndocs, 4 * k)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self) == 0 or not self.quantizer.trained:
@@ -232,14 +265,26 @@ class PlaidIndex:
         scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
         ids = np.full((len(qs), k), -1, dtype=np.int64)
         centroids = np.asarray(self.quantizer.centroids, dtype=np.float32)
-        with progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar:
-            for row, query in enumerate(qs):
-                exact, cand = self._search_one(query, k, centroids)
-                if len(cand):
-                    s, order = top_k(exact[None], k)
-                    found = order[0] >= 0
-                    scores[row, found], ids[row, found] = s[0, found], cand[order[0, found]]
-                bar.update(1)
+        block = max(1, QC_CELLS // (max(len(q) for q in qs) * len(centroids)))  # queries whose centroid scores fit
+
+        def one(query: np.ndarray, qc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            exact, cand = self._search_one(query, qc, k)
+            s, order = top_k(exact[None], k)
+            found = order[0] >= 0
+            return s[0, found], cand[order[0, found]]
+
+        # queries run in threads, one core each (numpy releases the GIL in the gathers, reductions and products
+        # of a search): BLAS on every core for the small products of each would make 16 x 16 threads fight
+        workers = min(os.cpu_count() or 1, len(qs))
+        with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
+              concurrent.futures.ThreadPoolExecutor(workers) as pool):
+            for start in range(0, len(qs), block):
+                part = qs[start : start + block]
+                qcs = np.split(np.concatenate(part) @ centroids.T, np.cumsum([len(q) for q in part])[:-1])
+                with threadpool_limits(1 if workers > 1 else None, user_api="blas"):
+                    for row, (s, found) in enumerate(pool.map(one, part, qcs), start):
+                        scores[row, : len(s)], ids[row, : len(s)] = s, found
+                        bar.update(1)
         return scores, ids
 
     def _search_on_device(self, qs: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +298,7 @@ class PlaidIndex:
                                        decode=self.quantizer.torch_decoder(device))
             self._centroids = torch.from_numpy(np.asarray(self.quantizer.centroids, np.float32)).to(
                 device, dtype=self._scorer.dtype)
-        depth = max(self.ndocs or DEVICE_DEPTH * search_settings(k)[2], 4 * k)
+        depth = max(self.ndocs or DEVICE_DEPTH * colbert_ndocs(k), 4 * k)
         if depth >= len(self):
             return self._scorer.search(qs, k)
         return self._scorer.search_coarse(qs, k, depth, lambda q: q @ self._centroids.T,
@@ -294,5 +339,5 @@ class PlaidIndex:
         index.quantizer = q
         index._codes, index._offsets, index._end = GrowingArray.of(codes), GrowingArray.of(offsets), len(codes)
         index._ids = GrowingArray.of(q.centroid_ids(codes))
-        index._ivf = ivf_offsets, ivf_docs
+        index._ivf = np.asarray(ivf_offsets), np.asarray(ivf_docs)  # plain views: a memmap's indexing is slow
         return index

@@ -5,7 +5,7 @@ import pytest
 
 from retr import INDEXES, RetrError
 from retr.scoring import maxsim_batch, top_k
-from retr.indexers.plaid import PlaidIndex
+from retr.indexers.plaid import PlaidIndex, _centroid_scores, probed_scores
 
 
 def recall(ids, exact_ids):
@@ -54,6 +54,31 @@ def test_scores_are_maxsim_over_decompressed_tokens(built, colbert_slice):
             tokens = built.quantizer.decode(np.asarray(built.codes[rows]))
             assert s == pytest.approx(float((queries[qi] @ tokens.T).max(1).sum()), rel=1e-4)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_probed_scores_are_the_centroid_interaction_with_unprobed_centroids_at_the_best_skipped(built, colbert_slice):
+    """The inverted-list pass (stages 1-2 on the CPU) against sum_i max_j <q_i, C[id_j]> computed over every document:
+    equal when every centroid is probed; with ``nprobe`` probes each token's term is max(its exact term, the best
+    score it skipped), which bounds the exact interaction from above."""
+    queries = colbert_slice[3]
+    centroids = built.quantizer.centroids
+    ivf_offsets, ivf_docs = built._lists()
+    n, ids, offsets = len(built), built._ids.array, built.offsets
+    for query in queries[:5]:
+        qc = query @ centroids.T
+        per_token = np.maximum.reduceat(qc[:, ids], offsets[:-1], axis=1)  # (q_len, docs): no document is empty
+        reached, scores = probed_scores(qc, len(centroids), None, ivf_offsets, ivf_docs, n)
+        np.testing.assert_array_equal(reached, np.arange(n))
+        np.testing.assert_allclose(scores, _centroid_scores(qc, ids, offsets), rtol=1e-5)
+        for nprobe in (1, 4):
+            skipped = np.sort(qc, axis=1)[:, -nprobe - 1]
+            expected = np.maximum(per_token, skipped[:, None]).sum(0)
+            reached, scores = probed_scores(qc, nprobe, None, ivf_offsets, ivf_docs, n)
+            np.testing.assert_allclose(scores, expected[reached], rtol=1e-5)
+            others = np.setdiff1d(np.arange(n), reached)
+            np.testing.assert_allclose(expected[others], skipped.sum(), rtol=1e-5)
+        nothing, _ = probed_scores(qc, 4, float(qc.max()) + 1, ivf_offsets, ivf_docs, n)
+        assert len(nothing) == 0  # every centroid below t_cs: no list is read
 
 
 def test_large_k_and_second_add_reuses_centroids(colbert_slice):
