@@ -25,6 +25,8 @@ from retr.registry import INDEXES
 
 FDE_DIR = "fde"
 ENCODE_CHUNK = 1024  # documents encoded per step (bounds the (docs, width) block in memory)
+TRAIN_BYTES = 1 << 30  # float32 encodings the inner index trains on, at most (training_size)
+MIN_TRAIN = 39 << 8  # but never fewer than 39 points for each of a PQ sub-quantizer's 256 codewords
 
 
 class MuveraIndex:
@@ -76,8 +78,15 @@ class MuveraIndex:
         return getattr(self._inner, "trained", True)
 
     def training_size(self, n: int) -> int:
-        """The inner index's sample (0 when it does not train: flat, hnsw)."""
-        return self._inner.training_size(n) if hasattr(self._inner, "training_size") else 0
+        """The inner index's sample (0 when it does not train: flat, hnsw), at most ``TRAIN_BYTES`` of encodings.
+
+        The paper's 10,240-d encodings make PQ's own sample of 256 points a codeword 2.7 GB; the cap
+        keeps ~100 a codeword (FAISS's guidance: 39 to 256) and takes the build's peak with it.
+        """
+        wanted = self._inner.training_size(n) if hasattr(self._inner, "training_size") else 0
+        s = self.fde_settings
+        width = s["final_dim"] or s["r_reps"] * (1 << s["k_sim"]) * s["d_proj"]
+        return min(wanted, max(MIN_TRAIN, TRAIN_BYTES // (4 * width)))
 
     def empty(self) -> "MuveraIndex":
         """A new empty index of the same settings: same FDE projections, the inner index's training kept."""

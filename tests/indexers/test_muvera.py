@@ -97,3 +97,16 @@ def test_bad_settings():
         INDEXES.create("muvera:inner=lucene")
     with pytest.raises(RetrError, match="exceeds the token width"):
         FDE(8, d_proj=16)
+
+
+def test_training_sample_is_capped_by_the_bytes_of_its_encodings():
+    """PQ over the paper's 10,240-d encodings would train on 65,536 of them (2.7 GB); the cap keeps 1 GiB of them."""
+    from retr.indexers.muvera import MIN_TRAIN, TRAIN_BYTES
+
+    index = INDEXES.create("muvera:inner=pq,inner_M=1280")
+    assert index._inner.training_size(10**6) == 65536
+    assert index.training_size(10**6) == TRAIN_BYTES // (4 * 20 * 32 * 16) == 26214
+    assert index.training_size(5000) == 5000  # a small corpus: all of it
+    wide = INDEXES.create("muvera:inner=pq,inner_M=16,r_reps=40,d_proj=64")  # 320 KB encodings: the floor holds
+    assert wide.training_size(10**6) == MIN_TRAIN
+    assert INDEXES.create("muvera").training_size(10**6) == 0  # flat inner: nothing trains
