@@ -307,10 +307,10 @@ def report(paths: list[str]) -> None:
     machines = sorted({machine_label(r["machine"]) for r in builds})
     for name in order:
         for host in machines:  # a fit over one machine's sizes only: rates and build times depend on the machine
-            series: dict[int, dict[str, Any]] = {}  # one record a size: the first (a later rebuild has a note)
+            series: dict[int, dict[str, Any]] = {}  # one record a size: the latest (the current code's)
             for r in builds:
                 if r["type"] == name and machine_label(r["machine"]) == host:
-                    series.setdefault(r["size"], r)
+                    series[r["size"]] = r
             mine = [series[size] for size in sorted(series)]
             if len(mine) >= 2:
                 growth.append(_growth(name, host, mine))
