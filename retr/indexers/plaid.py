@@ -264,6 +264,8 @@ class PlaidIndex:
             return self._search_on_device(qs, k)
         scores = np.full((len(qs), k), -np.inf, dtype=np.float32)
         ids = np.full((len(qs), k), -1, dtype=np.int64)
+        if not qs:
+            return scores, ids
         centroids = np.asarray(self.quantizer.centroids, dtype=np.float32)
         block = max(1, QC_CELLS // (max(len(q) for q in qs) * len(centroids)))  # queries whose centroid scores fit
 
@@ -273,8 +275,9 @@ class PlaidIndex:
             found = order[0] >= 0
             return s[0, found], cand[order[0, found]]
 
-        # queries run in threads, one core each (numpy releases the GIL in the gathers, reductions and products
-        # of a search): BLAS on every core for the small products of each would make 16 x 16 threads fight
+        # queries run in threads with one BLAS thread each (BLAS on every core inside every thread would make
+        # 16 x 16 threads fight); numpy releases the GIL in products, takes and partitions but not in its fancy
+        # indexing, so a batch gains less than the cores (bench/results/scale.md: 44 vs 34 q/s on 16 cores)
         workers = min(os.cpu_count() or 1, len(qs))
         with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
               concurrent.futures.ThreadPoolExecutor(workers) as pool):
