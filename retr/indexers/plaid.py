@@ -48,8 +48,11 @@ from retr.storage import GrowingArray, load_array, save_array
 CODES_FILE, OFFSETS_FILE = "codes.npy", "offsets.npy"
 IVF_OFFSETS_FILE, IVF_DOCS_FILE = "ivf_offsets.npy", "ivf_docs.npy"
 QUANTIZER_DIR = "residual"
-PROBE_SHARE = 256  # a CPU search probes 1 / PROBE_SHARE of the centroids per query token (search_settings)
-CPU_DEPTH = 4  # on the CPU ndocs defaults to this many times ColBERT's (search_settings)
+# a CPU search probes 1 / PROBE_SHARE of the centroids per query token and keeps CPU_DEPTH times ColBERT's ndocs
+# (search_settings; 100K pypi-summaries documents, k=10, 16,384 centroids: 1/512 -> recall@10 0.898, 1/256 -> 0.903,
+# 1/128 -> 0.906 at ndocs 1024; ndocs 2048 -> 0.92 at two thirds of the rate: bench/results/depth.md)
+PROBE_SHARE = 256
+CPU_DEPTH = 4
 QC_CELLS = 1 << 25  # query-token x centroid scores computed at once by a CPU search (128 MiB)
 # on a torch device ndocs defaults to this many times ColBERT's: decoding more documents costs little there
 # (100K pypi-summaries documents, k=10, nbits=4 on an H200: ndocs 256 -> recall@10 0.908, 1024 -> 0.924 at 213 q/s)
