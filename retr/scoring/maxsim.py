@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
@@ -92,15 +93,11 @@ def maxsim_batch(
         best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
         out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
 
-    if int(offsets[-1] - offsets[0]) <= chunk:  # one product (a rerank of a few documents): no reducer threads
-        t0, t1 = int(offsets[0]), int(offsets[-1])
-        if n_docs and t1 > t0:
-            block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-            reduce(0, n_docs, t0, q_all @ widen(block).T)
-        return out
-    # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads
+    # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads,
+    # unless one product holds everything (a rerank of a few documents): then no thread pool at all
+    one_product = int(offsets[-1] - offsets[0]) <= chunk
     pending: collections.deque = collections.deque()
-    with concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
+    with contextlib.nullcontext() if one_product else concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
         d0 = 0
         while d0 < n_docs:
             # the documents whose tokens fit in one chunk (at least one document)
@@ -109,7 +106,11 @@ def maxsim_batch(
             t0, t1 = int(offsets[d0]), int(offsets[d1])
             if t1 > t0:
                 block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-                pending.append(pool.submit(reduce, d0, d1, t0, q_all @ widen(block).T))
+                sims = q_all @ widen(block).T
+                if pool is None:
+                    reduce(d0, d1, t0, sims)
+                else:
+                    pending.append(pool.submit(reduce, d0, d1, t0, sims))
                 while len(pending) > REDUCERS:
                     pending.popleft().result()
             d0 = d1
