@@ -15,9 +15,10 @@ the documents holding a token assigned to it (CSR arrays). A query runs in four 
 3. centroid interaction over every token of those; best ``ndocs / 4`` kept;
 4. residuals of those documents decompressed, exact MaxSim, best ``k``.
 
-``nprobe`` and ``ndocs`` follow the search depth k and the number of centroids unless set
-(``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
-A batch of queries runs in threads, one BLAS thread each. The centroids train on the tokens of
+``nprobe`` and ``ndocs`` follow the search depth k, the number of centroids and the corpus size unless
+set (``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
+A batch of queries runs in threads, one BLAS and one torch thread each (the per-document max and
+sums run in torch, which releases the GIL where numpy's ``maximum.at`` and ``reduceat`` do not). The centroids train on the tokens of
 a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's), on a GPU when there is one, and
 later chunks of the corpus are only encoded.
 
@@ -42,6 +43,7 @@ from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
 from retr.scoring import TorchTokens, maxsim_batch, token_rows, top_k
+from retr.scoring.maxsim import segment_max
 from retr.scoring.device import torch_device
 from retr.storage import GrowingArray, load_array, save_array
 
@@ -62,11 +64,19 @@ DEVICE_DEPTH = 4
 def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """sum_i max_j qc[i, cids_j] per document segment (cids: the documents' token centroid ids)."""
     out = np.zeros(len(seg) - 1, dtype=np.float32)
-    nonempty = np.flatnonzero(np.diff(seg) > 0)
+    lengths = np.diff(seg)
+    nonempty = np.flatnonzero(lengths > 0)
     if len(nonempty):
-        best = np.maximum.reduceat(qc[:, cids], seg[:-1][nonempty], axis=1)  # (q_len, docs)
-        out[nonempty] = best.sum(0)
+        per_token = np.take(np.ascontiguousarray(qc.T), cids, axis=0)  # (tokens, q_len): rows are segmented
+        out[nonempty] = segment_max(per_token, lengths[nonempty]).sum(1)
     return out
+
+
+def _one_torch_thread() -> None:
+    """Make torch run this thread's operations on it alone (torch's thread count is set per thread)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: np.ndarray, ivf_docs: np.ndarray,
@@ -77,7 +87,10 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
     when set); a document scores ``sum_i max_j qc[i, C_j]`` over the centroids of its tokens, where
     a centroid token i did not look up counts as the best score it skipped, an upper bound. The work
     is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass.
+    The per-document max and sum run in torch, which releases the GIL (numpy's ``maximum.at`` does not).
     """
+    import torch
+
     n_tokens, n_c = qc.shape
     probe = min(nprobe, n_c)
     if probe < n_c:
@@ -88,18 +101,21 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
         best, floor = np.tile(np.arange(n_c), (n_tokens, 1)), qc.min(1)
     if t_cs is not None:
         floor = np.maximum(floor, np.float32(t_cs))
-    total = np.zeros(n_docs, dtype=np.float32)
-    gain = np.zeros(n_docs, dtype=np.float32)  # one query token's best gain over its floor, per document
+    above = np.take_along_axis(qc, best, 1) - floor[:, None]
+    looked = above > 0  # row by row: each token's lists, then the next token's
+    positions, seg = token_rows(ivf_offsets, best[looked])
+    docs = torch.from_numpy(np.take(ivf_docs, positions).astype(np.int64))
+    gains = torch.from_numpy(np.repeat(above[looked], np.diff(seg)))
+    bounds = seg[np.concatenate([[0], np.cumsum(looked.sum(1))])]  # where each token's entries start
+    total = torch.zeros(n_docs)
+    gain = torch.zeros(n_docs)  # one query token's best gain over its floor, per document
     for i in range(n_tokens):
-        above = qc[i, best[i]] - floor[i]
-        looked = above > 0
-        positions, seg = token_rows(ivf_offsets, best[i][looked])
-        docs = ivf_docs[positions]
-        np.maximum.at(gain, docs, np.repeat(above[looked], np.diff(seg)))
-        total[docs] += gain[docs]  # a repeated document adds once: every copy writes the same sum
-        gain[docs] = 0
-    reached = np.flatnonzero(total)
-    return reached, total[reached] + floor.sum()
+        mine = docs[bounds[i] : bounds[i + 1]]
+        gain.scatter_reduce_(0, mine, gains[bounds[i] : bounds[i + 1]], "amax")
+        total.index_put_((mine,), total[mine] + gain[mine])  # a repeated document adds once: every copy writes the same
+        gain.index_fill_(0, mine, 0.0)
+    reached = np.flatnonzero(total.numpy())
+    return reached, total.numpy()[reached] + floor.sum()
 
 
 def colbert_ndocs(k: int) -> int:
@@ -107,14 +123,19 @@ def colbert_ndocs(k: int) -> int:
     return 256 if k <= 10 else 1024 if k <= 100 else max(4 * k, 4096)
 
 
-def search_settings(k: int, n_centroids: int) -> tuple[int, int]:
-    """(nprobe, ndocs) of a CPU search of depth ``k`` over ``n_centroids`` centroids.
+def search_settings(k: int, n_centroids: int, n_docs: int) -> tuple[int, int]:
+    """(nprobe, ndocs) of a CPU search of depth ``k`` over ``n_centroids`` centroids and ``n_docs`` documents.
 
     Each query token probes 1 / PROBE_SHARE of the centroids (ColBERT's 2 or 4 probes are far
     too few for a zero-shot encoder), so the probes grow with the corpus as the centroids do; ``ndocs``
-    is ``CPU_DEPTH`` times ColBERT's.
+    is ``CPU_DEPTH`` times ColBERT's while that stays under a quarter of the corpus, else ColBERT's: on a
+    small corpus the centroid interaction already ranks most documents, and decoding most of them costs
+    more than exact scoring would (Cranfield, 1,398 documents, k=100: 4x ColBERT's ndocs kept recall@100 of
+    exact at 0.892 for 168 ms a query, ColBERT's 0.886 for 52 ms).
     """
-    return max(2 if k <= 100 else 4, n_centroids // PROBE_SHARE), CPU_DEPTH * colbert_ndocs(k)
+    ndocs = colbert_ndocs(k)
+    return (max(2 if k <= 100 else 4, n_centroids // PROBE_SHARE),
+            CPU_DEPTH * ndocs if CPU_DEPTH * ndocs <= n_docs // 4 else ndocs)
 
 
 def training_docs(n: int) -> int:
@@ -125,7 +146,7 @@ def training_docs(n: int) -> int:
 class PlaidIndex:
     """ColBERTv2 residual compression searched with PLAID's centroid interaction and pruning.
 
-    ``nprobe`` and ``ndocs`` left unset follow the search depth k and the centroids (``search_settings``);
+    ``nprobe`` and ``ndocs`` left unset follow k, the centroids and the corpus size (``search_settings``);
     ``t_cs`` unset prunes nothing.
     """
 
@@ -247,7 +268,7 @@ class PlaidIndex:
         # stage 3: centroid interaction over every token of the candidates, no bound
         final = max(k, ndocs // 4)
         if len(cand) > final:
-            approx = _centroid_scores(qc, ids[rows], seg)
+            approx = _centroid_scores(qc, np.take(ids, rows), seg)
             cand = np.sort(cand[top_k(approx[None], final)[1][0]])
             rows, seg = token_rows(offsets, cand)
         # stage 4: decompress and score exactly
@@ -256,7 +277,7 @@ class PlaidIndex:
 
     def _settings(self, k: int) -> tuple[int, float | None, int]:
         """(nprobe, t_cs, ndocs) of a CPU search of depth ``k``: the index's own, else ``search_settings``."""
-        auto_probe, auto_ndocs = search_settings(k, len(self.quantizer.centroids))
+        auto_probe, auto_ndocs = search_settings(k, len(self.quantizer.centroids), len(self))
         return self.nprobe or auto_probe, self.t_cs, max(self.ndocs or auto_ndocs, 4 * k)
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,12 +299,12 @@ class PlaidIndex:
             found = order[0] >= 0
             return s[0, found], cand[order[0, found]]
 
-        # queries run in threads with one BLAS thread each (BLAS on every core inside every thread would make
-        # 16 x 16 threads fight); numpy releases the GIL in products, takes and partitions but not in its fancy
-        # indexing, so a batch gains less than the cores (bench/results/scale.md: 44 vs 34 q/s on 16 cores)
+        # queries run in threads with one BLAS thread and one torch thread each (every core inside every thread
+        # would make 16 x 16 threads fight); the heavy steps release the GIL (products, takes, partitions, and
+        # the per-document max and sums in torch), so a batch gains from every core
         workers = min(os.cpu_count() or 1, len(qs))
         with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
-              concurrent.futures.ThreadPoolExecutor(workers) as pool):
+              concurrent.futures.ThreadPoolExecutor(workers, initializer=_one_torch_thread) as pool):
             for start in range(0, len(qs), block):
                 part = qs[start : start + block]
                 qcs = np.split(np.concatenate(part) @ centroids.T, np.cumsum([len(q) for q in part])[:-1])

@@ -36,7 +36,8 @@ RESIDUALS = ("bits", "pq")
 PQ_BITS = 8  # bits per product-quantizer sub-code: one byte, 256 codewords per sub-space
 PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (faiss trains slowly on more)
 RESIDUAL_SAMPLE = 1 << 18  # residuals the codec is fitted on (bucket quantiles, or PQ's sample drawn from them)
-CHUNK = 16384  # vectors encoded or decoded at once
+CHUNK = 16384  # vectors encoded at once
+DECODE_CHUNK = 512  # vectors decoded at once: the lookup's temporaries (0.4 MB at 384-d) stay in cache, on reused heap
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points a centroid
 POINTS_PER_CENTROID = 64  # training points a centroid, at most (the sample is drawn down to this)
 NBITS = (1, 2, 4)
@@ -216,10 +217,10 @@ class ResidualQuantizer:
             raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
         width = self.id_size
         out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
-        for s in range(0, len(ids), CHUNK):  # in place: no temporaries the size of the output
-            block = out[s : s + CHUNK]
-            np.take(c, ids[s : s + CHUNK], axis=0, out=block)
-            block += self._decode_residuals(np.asarray(codes[s : s + CHUNK, width:]))
+        for s in range(0, len(ids), DECODE_CHUNK):  # in place: no temporaries the size of the output
+            block = out[s : s + DECODE_CHUNK]
+            np.take(c, ids[s : s + DECODE_CHUNK], axis=0, out=block)
+            block += self._decode_residuals(np.asarray(codes[s : s + DECODE_CHUNK, width:]))
             block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)[:, None]
         return out
 

@@ -5,7 +5,7 @@ Two backends give the same answer:
 
 - numpy (``NumpyTokens``, the CPU default): a chunk of document tokens at a time (memory-mapped
   rows, float16 widened by faiss's SIMD decoder), one matrix product with all query tokens,
-  ``np.maximum.reduceat`` per document segment, ``np.add.reduceat`` per query.
+  a max per document segment (``segment_max``) and a sum per query.
 - torch (``TorchTokens``, GPUs, or ``torch:cpu``): documents grouped in length tiers (1, 2, 3, 4,
   6, 8, 12, 16, ... tokens: powers of two and 1.5 times them), each padded to its tier's length
   by repeating the document's last token (a repeated token cannot change a max, so padding is
@@ -33,6 +33,9 @@ from retr.scoring.device import Block, DeviceBlocks
 from retr.scoring.topk import top_k
 
 CELLS = 1 << 24  # similarity-matrix entries the numpy path computes at once (64 MB of float32)
+# float32 document rows the numpy path widens at once: a block under glibc's largest mmap threshold (32 MiB) reuses
+# heap pages, a larger one is fresh pages faulted in on every chunk (a one-query scan spent most of its time there)
+ROWS_BYTES = 1 << 24
 GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stays in cache for the product)
 QUERY_GROUP = 64  # queries the numpy path scores together in one pass over the documents
 REDUCERS = max(1, (os.cpu_count() or 1) // 4)  # threads reducing similarity chunks while the next product runs
@@ -50,12 +53,23 @@ def _float16_decoder(dim: int) -> Any:
     return faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
-def widen(tokens: np.ndarray) -> np.ndarray:
-    """float32 token rows: float16 ones decoded by faiss (SIMD, multi-threaded), others cast by numpy."""
+def widen(tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 token rows: float16 ones decoded by faiss (SIMD, multi-threaded), others cast by numpy.
+
+    With ``out`` (float32) holding as many rows, float16 rows are decoded into its first rows
+    and that view returned: a buffer reused across chunks has its pages mapped already, where a
+    fresh array of each chunk is paged in anew (and faiss's own output is such an array)."""
     if tokens.dtype != np.float16 or tokens.size == 0:
         return np.asarray(tokens, dtype=np.float32)
     rows = np.ascontiguousarray(tokens)
-    return _float16_decoder(rows.shape[1]).decode(rows.view(np.uint8))
+    decoder = _float16_decoder(rows.shape[1])
+    if out is None or len(out) < len(rows):
+        return decoder.decode(rows.view(np.uint8))
+    import faiss
+
+    target = out[: len(rows)]
+    decoder.decode_c(faiss.swig_ptr(rows.view(np.uint8)), faiss.swig_ptr(target), len(rows))
+    return target
 
 
 def maxsim_batch(
@@ -65,8 +79,8 @@ def maxsim_batch(
     """(nq, n_docs) float32 MaxSim scores of each query against each document; empty documents get -inf.
 
     All query tokens are multiplied with a chunk of document tokens at once (one matrix
-    product), reduced to a max per document segment (``np.maximum.reduceat``) and summed
-    per query (``np.add.reduceat``). Chunks end on document boundaries and hold about
+    product), reduced to a max per document segment (``segment_max``) and summed per query
+    (a product with a 0 / 1 matrix). Chunks end on document boundaries and hold about
     ``cells / total query tokens`` tokens, which bounds memory; the single-threaded
     reductions of a chunk run in ``REDUCERS`` threads while the next product runs. With ``rows``, the documents
     are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
@@ -83,20 +97,23 @@ def maxsim_batch(
     q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
     q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
     out = np.full((len(queries), n_docs), -np.inf, dtype=np.float32)
-    chunk = max(1, cells // len(q_all))
+    chunk = max(1, min(cells // len(q_all), ROWS_BYTES // (4 * q_all.shape[1])))
     if rows is not None and doc_tokens.dtype == np.float32:
         chunk = min(chunk, GATHER)
+
+    per_query = np.repeat(np.eye(len(queries), dtype=np.float32), q_lens, axis=0)  # (q tokens, queries) 0 / 1
 
     def reduce(d0: int, d1: int, t0: int, sims: np.ndarray) -> None:
         lengths = np.diff(offsets[d0 : d1 + 1])
         nonempty = np.flatnonzero(lengths > 0)
-        best = np.maximum.reduceat(sims, offsets[d0:d1][nonempty] - t0, axis=1)  # (sum q_len, docs)
-        out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
+        best = segment_max(sims, lengths[nonempty])  # (docs, q tokens)
+        out[:, d0 + nonempty] = (best @ per_query).T  # each query's tokens summed: a product, off the GIL
 
     # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads,
     # unless one product holds everything (a rerank of a few documents): then no thread pool at all
     one_product = int(offsets[-1] - offsets[0]) <= chunk
     pending: collections.deque = collections.deque()
+    wide = np.empty((chunk, q_all.shape[1]), dtype=np.float32) if doc_tokens.dtype == np.float16 else None
     with contextlib.nullcontext() if one_product else concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
         d0 = 0
         while d0 < n_docs:
@@ -106,7 +123,7 @@ def maxsim_batch(
             t0, t1 = int(offsets[d0]), int(offsets[d1])
             if t1 > t0:
                 block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-                sims = q_all @ widen(block).T
+                sims = widen(block, wide) @ q_all.T  # (tokens, query tokens): rows are segmented
                 if pool is None:
                     reduce(d0, d1, t0, sims)
                 else:
@@ -117,6 +134,16 @@ def maxsim_batch(
         for job in pending:
             job.result()
     return out
+
+
+def segment_max(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(len(lengths), cols) float32: the max over each run of ``lengths[i]`` consecutive rows of ``values``
+    (rows, cols), every length above 0. torch's segment reduction rather than ``np.maximum.reduceat``:
+    twice as fast on these shapes and it releases the GIL, so reductions in threads run side by side."""
+    import torch
+
+    rows = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    return torch.segment_reduce(rows, "max", lengths=torch.from_numpy(np.asarray(lengths, np.int64)), axis=0).numpy()
 
 
 def maxsim_reference(query: np.ndarray, doc_tokens: np.ndarray, doc_offsets: np.ndarray) -> np.ndarray:
@@ -440,5 +467,5 @@ def token_scorer(tokens: np.ndarray, offsets: np.ndarray, device: str = "cpu") -
     return NumpyTokens(tokens, offsets) if device == "cpu" else TorchTokens(tokens, offsets, device)
 
 
-__all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "padded_rows",
+__all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "padded_rows", "segment_max",
            "tier_groups", "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]

@@ -5,7 +5,7 @@ import pytest
 
 from retr import INDEXES, RetrError
 from retr.scoring import maxsim_batch, top_k
-from retr.indexers.plaid import PlaidIndex, _centroid_scores, probed_scores
+from retr.indexers.plaid import PlaidIndex, _centroid_scores, colbert_ndocs, probed_scores, search_settings
 
 
 def recall(ids, exact_ids):
@@ -162,3 +162,11 @@ def test_device_path_is_centroid_interaction_then_exact_on_decoded_codes(colbert
     index.ndocs = len(docs)  # depth covers the index: every document decoded and scored exactly
     full = index.search(queries, 10)
     np.testing.assert_allclose(full[0], top_k(maxsim_batch(queries, decoded, offsets), 10)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_search_settings_follow_k_the_centroids_and_the_corpus():
+    # a large corpus: 1 / 256 of the centroids probed, 4 x ColBERT's ndocs
+    assert search_settings(10, 16384, 100_000) == (64, 1024) and search_settings(100, 16384, 100_000) == (64, 4096)
+    # a small one: 4 x ColBERT's would reach past a quarter of it, so ColBERT's own
+    assert search_settings(100, 4096, 1398) == (16, 1024) and search_settings(10, 256, 300) == (2, 256)
+    assert search_settings(1000, 16384, 8_000_000)[1] == 4 * colbert_ndocs(1000) == 16384
