@@ -5,7 +5,7 @@ import pytest
 
 from retr import INDEXES, RetrError
 from retr.indexers.maxsim import ExactMultiVectorIndex
-from retr.scoring.maxsim import CELLS, maxsim_batch, maxsim_reference, token_rows
+from retr.scoring.maxsim import CELLS, maxsim_batch, maxsim_reference, segment_max, token_rows
 
 
 def maxsim_scores(query, tokens, offsets, cells=CELLS):
@@ -112,3 +112,12 @@ def test_float32_tokens_score_without_rounding_and_round_trip(tokens, tmp_path):
         ExactMultiVectorIndex.load(tmp_path, {}, len(docs))
     with pytest.raises(RetrError, match="dtype must be one of float16, float32"):
         INDEXES.create("maxsim:dtype=int8")
+
+
+def test_segment_max_is_the_max_over_each_run_of_rows(tokens):
+    _, flat, offsets, queries = tokens
+    sims = flat[: offsets[40]] @ queries[0].T  # (tokens, query tokens) of the first 40 documents
+    lengths = np.diff(offsets[:41])
+    expected = np.maximum.reduceat(sims, offsets[:40], axis=0)
+    np.testing.assert_array_equal(segment_max(sims, lengths), expected)
+    np.testing.assert_array_equal(segment_max(sims.T.copy().T, lengths), expected)  # a strided view is copied
