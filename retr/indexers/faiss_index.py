@@ -23,6 +23,7 @@ from retr.progress import progress_bar
 FAISS_FILE = "faiss.index"
 ADD_CHUNK = 1 << 16  # vectors per FAISS add call, so the progress bar moves
 POINTS_PER_CELL = 64  # k-means training points per IVF cell (FAISS's guidance: 39 to 256)
+FINITE_ROWS = 1 << 16  # rows checked for NaN / infinity at once
 
 
 def _faiss() -> Any:
@@ -42,9 +43,15 @@ def as_matrix(vectors: Any, dim: int | None, what: str) -> np.ndarray:
         raise RetrError(f"{what}: expected a (n, dim) matrix, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise RetrError(f"{what}: vectors have dimension {x.shape[1]}, the index holds dimension {dim}")
-    if not np.isfinite(x).all():
-        raise RetrError(f"{what}: vectors contain NaN or infinity")
+    check_finite(x, what)
     return x
+
+
+def check_finite(x: np.ndarray, what: str) -> None:
+    """A clear error when ``x`` holds NaN or infinity, checked ``FINITE_ROWS`` rows at a time: a boolean
+    copy of the whole matrix would add a quarter of its size to the peak of a build (305 MB at 794K x 384)."""
+    if not all(np.isfinite(x[s : s + FINITE_ROWS]).all() for s in range(0, len(x), FINITE_ROWS)):
+        raise RetrError(f"{what}: vectors contain NaN or infinity")
 
 
 def auto_nlist(n: int) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
+from retr.indexers.faiss_index import check_finite
 from retr.scoring import token_scorer
 from retr.storage import GrowingArray, load_array, memory_map_of, release_pages
 
@@ -39,8 +40,7 @@ def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]
             dim = x.shape[1]
         if x.shape[1] != dim:
             raise RetrError(f"{what}: item {i} has dimension {x.shape[1]}, the index holds dimension {dim}")
-        if not np.isfinite(x).all():
-            raise RetrError(f"{what}: item {i} contains NaN or infinity")
+        check_finite(x, f"{what}: item {i}")
         out.append(x)
     return out
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
-from retr.indexers.faiss_index import auto_nlist
+from retr.indexers.faiss_index import auto_nlist, check_finite
 
 CODEC_FILE = "codec.faiss"
 CHUNK = 1 << 16  # vectors encoded or decoded per FAISS call
@@ -42,8 +42,7 @@ def check_vectors(vectors: Any, dim: int | None, what: str) -> np.ndarray:
         raise RetrError(f"{what}: expected a non-empty (n, dim) matrix, got shape {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise RetrError(f"{what}: vectors have dimension {x.shape[1]}, the quantizer holds dimension {dim}")
-    if not np.isfinite(x).all():
-        raise RetrError(f"{what}: vectors contain NaN or infinity")
+    check_finite(x, what)
     return x
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from retr.errors import RetrError
+from retr.indexers.faiss_index import check_finite
 from retr.quantizers.kmeans import nearest_centroids, spherical_kmeans
 from retr.storage import load_array, save_array
 
@@ -127,8 +128,7 @@ class ResidualQuantizer:
             raise RetrError(f"{what}: expected a non-empty (n, dim) matrix, got shape {x.shape}")
         if self.centroids is not None and x.shape[1] != self.centroids.shape[1]:
             raise RetrError(f"{what}: vectors have dimension {x.shape[1]}, the quantizer holds {self.centroids.shape[1]}")
-        if not all(np.isfinite(x[s : s + CHUNK]).all() for s in range(0, len(x), CHUNK)):  # no x-sized temporary
-            raise RetrError(f"{what}: vectors contain NaN or infinity")
+        check_finite(x, what)
         return np.ascontiguousarray(x)
 
     def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:
