@@ -45,12 +45,15 @@ NBITS = (1, 2, 4)
 
 
 def auto_centroids(n_tokens: int, n_train: int | None = None) -> int:
-    """The next power of two of 16 * sqrt(n_tokens), lowered to a power of two with >= 39 of ``n_train`` points each."""
+    """ColBERT's next power of two of 16 * sqrt(n_tokens), at most one centroid per 39 of ``n_train`` points.
+
+    The cap is not rounded down to a power of two: on 50K pypi-summaries documents (634K sampled
+    tokens) that halved 16,384 centroids to 8,192 and PLAID's recall@10 of exact fell from 0.84 to 0.64.
+    """
     target = max(1.0, 16 * np.sqrt(max(n_tokens, 1)))
     k = 1 << int(np.ceil(np.log2(target)))
     n_train = n_tokens if n_train is None else n_train
-    cap = max(1, n_train // MIN_POINTS_PER_CENTROID)
-    return int(min(k, 1 << int(np.floor(np.log2(cap)))))
+    return int(min(k, max(1, n_train // MIN_POINTS_PER_CENTROID)))
 
 
 def id_bytes(n_centroids: int) -> int:

@@ -10,7 +10,7 @@ from retr.registry import QUANTIZERS
 
 @pytest.fixture(scope="module")
 def trained(colbert_slice):
-    """One quantizer per nbits, trained on the slice's 43,818 tokens (1024 centroids by default: 39 points each)."""
+    """One quantizer per nbits, trained on the slice's 43,818 tokens (1,123 centroids by default: 39 points each)."""
     _, flat, _, _ = colbert_slice
     out = {}
     for nbits in (1, 2, 4):
@@ -58,7 +58,7 @@ def cosines(q, x):
 
 
 def test_reconstruction_and_size(trained, colbert_slice):
-    """Measured on the slice (1024 centroids): mean cosine 0.991 (4 bits), 0.959 (2 bits) and 0.912 (1 bit);
+    """Measured on the slice (1,123 centroids): mean cosine 0.991 (4 bits), 0.960 (2 bits) and 0.914 (1 bit);
     194, 98 and 50 bytes per token."""
     _, flat, _, _ = colbert_slice
     four, two, one = (cosines(trained[b], flat).mean() for b in (4, 2, 1))
@@ -67,13 +67,14 @@ def test_reconstruction_and_size(trained, colbert_slice):
     dim = flat.shape[1]
     assert trained[2].code_size == 2 + dim * 2 // 8 == 98 and trained[1].code_size == 50
     assert trained[2].id_size == 2 and 2 * dim / trained[2].code_size >= 7.8  # 768 bytes as float16 vs 98: 7.8x
-    assert len(trained[2].centroids) == auto_centroids(len(flat)) == 1024
+    assert len(trained[2].centroids) == auto_centroids(len(flat)) == 1123
 
 
 def test_auto_centroids():
     """16 sqrt(n) rounded up to a power of two, lowered until every centroid has 39 training points (FAISS)."""
-    assert auto_centroids(1_000_000) == 16384 and auto_centroids(43818) == 1024  # 4096 would have 10.7 points each
-    assert auto_centroids(1_000_000, 100_000) == 2048 and auto_centroids(100) == 2 and auto_centroids(10) == 1
+    assert auto_centroids(1_000_000) == 16384 and auto_centroids(43818) == 1123  # 4096 would have 10.7 points each
+    assert auto_centroids(1_000_000, 100_000) == 2564 and auto_centroids(100) == 2 and auto_centroids(10) == 1
+    assert auto_centroids(808_770, 634_000) == 16256  # 50K pypi-summaries documents: not halved to 8,192
 
 
 def test_save_load_round_trip(trained, colbert_slice, tmp_path):
@@ -113,7 +114,7 @@ def test_bad_input(trained):
 
 def test_residual_pq(colbert_slice, trained, tmp_path):
     """Residual PQ (m=64 one-byte sub-codes) on the slice, 1024 centroids: mean cosine 0.958 at 66 bytes per token,
-    above 1 bit per dimension at 50 bytes (0.912; 2 bits 0.959 at 98 bytes); the codebooks round-trip through
+    above 1 bit per dimension at 50 bytes (0.914 at the default 1,123 centroids; 2 bits 0.960 at 98 bytes); the codebooks round-trip through
     save/load, and the torch decoder gives the same vectors."""
     _, flat, _, _ = colbert_slice
     q = QUANTIZERS.create("residual:residual=pq,m=64,n_centroids=1024")
