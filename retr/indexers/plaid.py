@@ -18,9 +18,9 @@ the documents holding a token assigned to it (CSR arrays). A query runs in four 
 ``nprobe`` and ``ndocs`` follow the search depth k, the number of centroids and the corpus size unless
 set (``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
 A batch of queries runs in threads, one BLAS and one torch thread each (the per-document max and
-sums run in torch, which releases the GIL where numpy's ``maximum.at`` and ``reduceat`` do not). The centroids train on the tokens of
-a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's), on a GPU when there is one, and
-later chunks of the corpus are only encoded.
+sums run in torch, which releases the GIL where numpy's ``maximum.at`` and ``reduceat`` do not).
+The centroids train on the tokens of a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's),
+on a GPU when there is one, and later chunks of the corpus are only encoded.
 
 On a torch device (``use_device``) the stages change: centroid interaction without pruning runs
 over every document, reading each token's centroid id straight off its code row (nothing is
@@ -42,8 +42,7 @@ from retr.errors import RetrError
 from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
-from retr.scoring import TorchTokens, maxsim_batch, token_rows, top_k
-from retr.scoring.maxsim import segment_max
+from retr.scoring import TorchTokens, maxsim_batch, segment_max, token_rows, top_k
 from retr.scoring.device import torch_device
 from retr.storage import GrowingArray, load_array, save_array
 

@@ -95,7 +95,6 @@ def maxsim_batch(
     if (q_lens == 0).any():
         raise RetrError("a query has no token vectors")
     q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
-    q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
     out = np.full((len(queries), n_docs), -np.inf, dtype=np.float32)
     chunk = max(1, min(cells // len(q_all), ROWS_BYTES // (4 * q_all.shape[1])))
     if rows is not None and doc_tokens.dtype == np.float32:
@@ -113,7 +112,8 @@ def maxsim_batch(
     # unless one product holds everything (a rerank of a few documents): then no thread pool at all
     one_product = int(offsets[-1] - offsets[0]) <= chunk
     pending: collections.deque = collections.deque()
-    wide = np.empty((chunk, q_all.shape[1]), dtype=np.float32) if doc_tokens.dtype == np.float16 else None
+    wide = (np.empty((min(chunk, int(offsets[-1] - offsets[0])), q_all.shape[1]), dtype=np.float32)
+            if doc_tokens.dtype == np.float16 else None)  # float16 rows widened into this, chunk after chunk
     with contextlib.nullcontext() if one_product else concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
         d0 = 0
         while d0 < n_docs:

@@ -114,8 +114,8 @@ def test_bad_input(trained):
 
 def test_residual_pq(colbert_slice, trained, tmp_path):
     """Residual PQ (m=64 one-byte sub-codes) on the slice, 1024 centroids: mean cosine 0.958 at 66 bytes per token,
-    above 1 bit per dimension at 50 bytes (0.914 at the default 1,123 centroids; 2 bits 0.960 at 98 bytes); the codebooks round-trip through
-    save/load, and the torch decoder gives the same vectors."""
+    above 1 bit per dimension at 50 bytes (0.914 at the default 1,123 centroids; 2 bits: 0.960 at 98
+    bytes); the codebooks round-trip through save/load, and the torch decoder gives the same vectors."""
     _, flat, _, _ = colbert_slice
     q = QUANTIZERS.create("residual:residual=pq,m=64,n_centroids=1024")
     q.train(flat)
