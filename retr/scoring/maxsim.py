@@ -102,7 +102,7 @@ def maxsim_batch(
 
     per_query = np.repeat(np.eye(len(queries), dtype=np.float32), q_lens, axis=0)  # (q tokens, queries) 0 / 1
 
-    def reduce(d0: int, d1: int, t0: int, sims: np.ndarray) -> None:
+    def reduce(d0: int, d1: int, sims: np.ndarray) -> None:
         lengths = np.diff(offsets[d0 : d1 + 1])
         nonempty = np.flatnonzero(lengths > 0)
         best = segment_max(sims, lengths[nonempty])  # (docs, q tokens)
@@ -125,9 +125,9 @@ def maxsim_batch(
                 block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
                 sims = widen(block, wide) @ q_all.T  # (tokens, query tokens): rows are segmented
                 if pool is None:
-                    reduce(d0, d1, t0, sims)
+                    reduce(d0, d1, sims)
                 else:
-                    pending.append(pool.submit(reduce, d0, d1, t0, sims))
+                    pending.append(pool.submit(reduce, d0, d1, sims))
                 while len(pending) > REDUCERS:
                     pending.popleft().result()
             d0 = d1
