@@ -113,8 +113,9 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
         gain.scatter_reduce_(0, mine, gains[bounds[i] : bounds[i + 1]], "amax")
         total.index_put_((mine,), total[mine] + gain[mine])  # a repeated document adds once: every copy writes the same
         gain.index_fill_(0, mine, 0.0)
-    reached = np.flatnonzero(total.numpy())
-    return reached, total.numpy()[reached] + floor.sum()
+    scores = total.numpy()
+    reached = np.flatnonzero(scores)
+    return reached, scores[reached] + floor.sum()
 
 
 def colbert_ndocs(k: int) -> int:
