@@ -71,7 +71,7 @@ def test_reconstruction_and_size(trained, colbert_slice):
 
 
 def test_auto_centroids():
-    """16 sqrt(n) rounded up to a power of two, lowered until every centroid has 39 training points (FAISS)."""
+    """16 sqrt(n) rounded up to a power of two, capped at one centroid per 39 training points (FAISS), not rounded."""
     assert auto_centroids(1_000_000) == 16384 and auto_centroids(43818) == 1123  # 4096 would have 10.7 points each
     assert auto_centroids(1_000_000, 100_000) == 2564 and auto_centroids(100) == 2 and auto_centroids(10) == 1
     assert auto_centroids(808_770, 634_000) == 16256  # 50K pypi-summaries documents: not halved to 8,192
