@@ -66,8 +66,8 @@ def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.nd
     lengths = np.diff(seg)
     nonempty = np.flatnonzero(lengths > 0)
     if len(nonempty):
-        per_token = np.take(np.ascontiguousarray(qc.T), cids, axis=0)  # (tokens, q_len): rows are segmented
-        out[nonempty] = segment_max(per_token, lengths[nonempty]).sum(1)
+        per_token = np.take(np.ascontiguousarray(qc.T), cids, axis=0)  # (tokens, q_len): a gather of rows
+        out[nonempty] = segment_max(per_token, lengths[nonempty], axis=0).sum(1)
     return out
 
 

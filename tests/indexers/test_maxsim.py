@@ -5,7 +5,7 @@ import pytest
 
 from retr import INDEXES, RetrError
 from retr.indexers.maxsim import ExactMultiVectorIndex
-from retr.scoring.maxsim import CELLS, maxsim_batch, maxsim_reference, segment_max, token_rows
+from retr.scoring.maxsim import CELLS, LONG_SEGMENT, maxsim_batch, maxsim_reference, segment_max, token_rows
 
 
 def maxsim_scores(query, tokens, offsets, cells=CELLS):
@@ -114,10 +114,16 @@ def test_float32_tokens_score_without_rounding_and_round_trip(tokens, tmp_path):
         INDEXES.create("maxsim:dtype=int8")
 
 
-def test_segment_max_is_the_max_over_each_run_of_rows(tokens):
+def test_segment_max_is_the_max_over_each_run_along_either_axis(tokens):
     _, flat, offsets, queries = tokens
-    sims = flat[: offsets[40]] @ queries[0].T  # (tokens, query tokens) of the first 40 documents
+    sims = queries[0] @ flat[: offsets[40]].T  # (query tokens, tokens) of the first 40 documents
     lengths = np.diff(offsets[:41])
-    expected = np.maximum.reduceat(sims, offsets[:40], axis=0)
-    np.testing.assert_array_equal(segment_max(sims, lengths), expected)
-    np.testing.assert_array_equal(segment_max(sims.T.copy().T, lengths), expected)  # a strided view is copied
+    short = np.minimum(lengths, 8)  # the first 8 tokens of each document
+    assert short.mean() < LONG_SEGMENT <= lengths.mean()  # both paths: torch for short runs, numpy for long
+    cut = np.concatenate([np.arange(o, o + n) for o, n in zip(offsets[:40], short)])
+    for values, runs in ((sims, lengths), (sims[:, cut], short)):
+        starts = np.concatenate([[0], np.cumsum(runs)[:-1]])
+        expected = np.maximum.reduceat(values, starts, axis=1)
+        np.testing.assert_array_equal(segment_max(values, runs), expected)
+        np.testing.assert_array_equal(segment_max(values.T.copy().T, runs), expected)  # strided input is copied
+        np.testing.assert_array_equal(segment_max(values.T, runs, axis=0), expected.T)
