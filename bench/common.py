@@ -68,6 +68,24 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Best of ``repeats`` calls after one warm-up call."""
+    fn()
+    return min(timed(fn) for _ in range(repeats))
+
+
+def matmul_rate(q_tokens: int, dim: int, repeats: int = 3) -> float:
+    """FLOP/s of the float32 matrix product exhaustive MaxSim runs: (q_tokens, dim) @ (dim, chunk)."""
+    import numpy as np
+
+    from retr.scoring.maxsim import CELLS
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((q_tokens, dim), dtype=np.float32)
+    b = rng.standard_normal((dim, max(1, CELLS // q_tokens)), dtype=np.float32)
+    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / best_seconds(lambda: a @ b, max(repeats, 3))
+
+
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 

@@ -32,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RENDERED, md_table, read_records, write_results  # noqa: E402
-from scale import corpus_slice, machine, queries  # noqa: E402
+from common import RENDERED, matmul_rate, md_table, read_records, write_results  # noqa: E402
+from scale import corpus_slice, machine, maxsim_rows, queries  # noqa: E402
 
 K = 10
 GPU_MEMORY = 139 * 2**30  # an H200's memory, for the largest corpus that fits
@@ -158,7 +158,7 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
                 extra: dict[str, Any] = {"note": f"recall over {len(ids)} queries"}
                 if spec == "maxsim":  # useful MaxSim FLOP/s against this machine's float32 matrix-product rate
                     flops = 2.0 * np.mean([len(q) for q in qs]) * n_tokens * index.dim * batch
-                    peak_flops = matmul_rate(index.dim)
+                    peak_flops = matmul_rate(maxsim_rows(qs[: args.cpu_queries]), index.dim)
                     extra.update(maxsim_gflops=flops / 1e9, matmul_gflops=peak_flops / 1e9)
                     extra["note"] += f"; {flops / 1e9:,.0f} GFLOP/s = {flops / peak_flops:.0%} of float32 matmul"
                 emit_system(f"retr {name} (CPU, {os.cpu_count()} cores)", build_s, measured, per_token, None, **extra)
@@ -183,15 +183,6 @@ def run_size(size: int, args: argparse.Namespace, emit: Callable[[dict[str, Any]
         size_bytes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         emit_system(f"FastPlaid nbits={nbits} (GPU)", build_s, measured, size_bytes / n_tokens, peak())
         del fp
-
-
-def matmul_rate(dim: int, repeats: int = 5) -> float:
-    """FLOP/s of a float32 (2048, dim) @ (dim, 8192) product (the shape exact MaxSim's batches multiply)."""
-    a = np.random.default_rng(0).standard_normal((2048, dim), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((dim, 8192), dtype=np.float32)
-    a @ b
-    seconds = min(timed(lambda: a @ b)[0] for _ in range(repeats))
-    return 2.0 * 2048 * dim * 8192 / seconds
 
 
 def _built(indexes: Any, spec: str, docs: list[np.ndarray]) -> Any:

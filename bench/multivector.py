@@ -35,15 +35,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import dir_bytes, md_table, ratio, timed, tradeoff_charts, write_results
+from common import best_seconds, dir_bytes, matmul_rate, md_table, ratio, tradeoff_charts, write_results
 
-from retr.scoring.maxsim import CELLS, QUERY_GROUP, maxsim_batch, top_k
+from retr.scoring.maxsim import QUERY_GROUP, maxsim_batch, top_k
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -66,12 +66,6 @@ class Result:
     token_bytes: float | None = None  # bytes per token of the stored token representation
     build_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Best of ``repeats`` calls after one warm-up call."""
-    fn()
-    return min(timed(fn) for _ in range(repeats))
 
 
 def recall(ids: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -144,14 +138,6 @@ def built(spec: str, docs: list[np.ndarray]) -> tuple[Any, float]:
     start = time.perf_counter()
     index.add(docs)
     return index, time.perf_counter() - start
-
-
-def matmul_rate(q_tokens: int, dim: int, repeats: int) -> float:
-    """FLOP/s of the float32 matrix product exhaustive MaxSim runs: (q_tokens, dim) @ (dim, chunk)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((q_tokens, dim), dtype=np.float32)
-    b = rng.standard_normal((dim, max(1, CELLS // q_tokens)), dtype=np.float32)
-    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / best_seconds(lambda: a @ b, max(repeats, 3))
 
 
 def exact_section(col: Collection, args: argparse.Namespace,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RENDERED, machine_label, md_table, read_records, write_results  # noqa: E402
+from common import RENDERED, machine_label, matmul_rate, md_table, read_records, write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RETR_DATA", REPO.parent / "shared" / "data")) / "pypi-summaries"
@@ -165,6 +165,13 @@ def load_queries(folder: Path, count: int) -> Any:
     return SparseVectors(CsrArrays.load(folder, "q", count, len(vocab)).rows(), vocab)
 
 
+def maxsim_rows(reps: list[np.ndarray]) -> int:
+    """Query tokens exact MaxSim multiplies with a chunk of document tokens at once (a group of queries)."""
+    from retr.scoring.maxsim import QUERY_GROUP
+
+    return max(1, int(np.mean([len(q) for q in reps]) * min(QUERY_GROUP, len(reps))))
+
+
 def search_worker(index_dir: Path, query_dir: Path, count: int, device: str, single: int, out: Path) -> None:
     """In its own process: open the index, search the saved queries, write ids, queries/s and peak RSS."""
     base_rss = peak_rss_gib()
@@ -185,10 +192,13 @@ def search_worker(index_dir: Path, query_dir: Path, count: int, device: str, sin
         for i in range(min(single, n)):
             index.search(reps[i : i + 1], K)
         single_s = (time.perf_counter() - start) / min(single, n)
-    out.write_text(json.dumps({
-        "ids": ids.tolist(), "batch_qps": n / batch_s, "single_qps": 1 / single_s if single_s else None,
-        "search_rss_gib": peak_rss_gib(), "base_rss_gib": base_rss,
-    }))
+    found = {"ids": ids.tolist(), "batch_qps": n / batch_s, "single_qps": 1 / single_s if single_s else None,
+             "search_rss_gib": peak_rss_gib(), "base_rss_gib": base_rss}
+    if index.name == "maxsim" and device == "cpu":  # useful FLOP/s against this machine's matrix-product rate
+        tokens = len(index.store.tokens.array)
+        flops = 2.0 * sum(len(q) for q in reps) * tokens * index.dim / batch_s
+        found["matmul_share"] = flops / matmul_rate(maxsim_rows(reps), index.dim)
+    out.write_text(json.dumps(found))
 
 
 def recall(ids: list[list[int]], exact: list[list[int]]) -> float:
@@ -241,6 +251,8 @@ def measure(args: argparse.Namespace) -> None:
                     continue
                 found = json.loads(result.read_text())
                 suffix = "" if device == "cpu" else f"_{device}"
+                if "matmul_share" in found:
+                    record["matmul_share"] = found["matmul_share"]
                 record.update({f"batch_qps{suffix}": found["batch_qps"], f"single_qps{suffix}": found["single_qps"],
                                f"search_rss_gib{suffix}": found["search_rss_gib"],
                                f"search_base_rss_gib{suffix}": found["base_rss_gib"]})
@@ -301,7 +313,7 @@ def report(paths: list[str]) -> None:
                      f"{r['index_bytes_per_doc']:,.0f}", f"{r['disk_bytes_per_doc']:,.0f}",
                      _num(r.get("batch_qps")), _num(r.get("single_qps")), _num(r.get("search_rss_gib"), 2),
                      _num(r.get("recall"), 3), _num(r.get("batch_qps_cuda")), _num(r.get("single_qps_cuda")),
-                     machine_label(r["machine"]), r.get("note", "")])
+                     machine_label(r["machine"]), _note(r)])
     sections = ["## Measurements\n\n" + md_table(header, rows)]
     growth = []
     machines = sorted({machine_label(r["machine"]) for r in builds})
@@ -340,6 +352,13 @@ def _growth(name: str, host: str, mine: list[dict[str, Any]]) -> list[str]:
         value = value / 60 if unit == "min" else value * MSMARCO / 1e9 if unit == "GB" else value
         cells.append(f"n^{slope:.2f} → {value:,.1f} {unit}")
     return cells
+
+
+def _note(record: dict[str, Any]) -> str:
+    """The record's note, led by exact MaxSim's share of the machine's float32 matrix-product rate."""
+    share = record.get("matmul_share")
+    lead = f"batched search at {share:.0%} of the float32 matrix-product rate" if share else ""
+    return "; ".join(filter(None, [lead, record.get("note", "")]))
 
 
 def _num(value: float | None, digits: int = 1) -> str:

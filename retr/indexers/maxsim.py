@@ -45,16 +45,16 @@ def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]
     return out
 
 
-def stack_tokens(docs: list[np.ndarray], block: int = 4096) -> np.ndarray:
-    """The documents' token rows as one float32 (tokens, dim) matrix, copied ``block`` documents at a time.
+def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.float32) -> np.ndarray:
+    """The documents' token rows as one (tokens, dim) matrix of ``dtype``, copied ``block`` documents at a time.
 
     Rows read from the embedding cache are memory-mapped; the pages each block read are dropped from
     the resident set once copied (``release_pages``), so a large training sample costs its copy only,
     not the copy and every page mapped to make it.
     """
     if not docs:
-        return np.zeros((0, 0), np.float32)
-    out = np.empty((sum(len(d) for d in docs), docs[0].shape[1]), dtype=np.float32)
+        return np.zeros((0, 0), dtype)
+    out = np.empty((sum(len(d) for d in docs), docs[0].shape[1]), dtype=dtype)
     at = 0
     for start in range(0, len(docs), block):
         part = docs[start : start + block]

@@ -125,8 +125,10 @@ class ResidualQuantizer:
             raise RetrError("the residual quantizer is not trained: call train() first")
         return self.centroids
 
-    def _check(self, vectors: Any, what: str) -> np.ndarray:
-        x = np.asarray(vectors, dtype=np.float32)
+    def _check(self, vectors: Any, what: str, dtypes: tuple[type, ...] = (np.float32,)) -> np.ndarray:
+        """``vectors`` as a C-contiguous matrix of the first of ``dtypes`` unless it is already one of them."""
+        x = np.asarray(vectors)
+        x = x if x.dtype in dtypes else x.astype(dtypes[0])
         if x.ndim != 2 or x.shape[0] == 0:
             raise RetrError(f"{what}: expected a non-empty (n, dim) matrix, got shape {x.shape}")
         if self.centroids is not None and x.shape[1] != self.centroids.shape[1]:
@@ -135,8 +137,10 @@ class ResidualQuantizer:
         return np.ascontiguousarray(x)
 
     def train(self, vectors: np.ndarray, n_total: int | None = None) -> None:
-        """Centroids and residual codec from ``vectors``, a sample of ``n_total`` token vectors (default: all)."""
-        x = self._check(vectors, "training the residual quantizer")
+        """Centroids and residual codec from ``vectors``, a sample of ``n_total`` token vectors (default: all).
+
+        A float16 sample is kept as it is (half the memory; k-means widens it a block at a time)."""
+        x = self._check(vectors, "training the residual quantizer", (np.float32, np.float16))
         self._table = None
         if self.residual == "pq" and x.shape[1] % self.m:
             raise RetrError(f"residual quantizer: m={self.m} does not divide the dimension {x.shape[1]}")
@@ -146,8 +150,10 @@ class ResidualQuantizer:
         kmeans_points = x[np.sort(rng.choice(len(x), points, replace=False))] if len(x) > points else x
         self.centroids = spherical_kmeans(kmeans_points, k, niter=self.niter, seed=self.seed)
         # the residual codec's statistics need far fewer points than the centroids; residuals made in place
-        residuals = x[np.sort(rng.choice(len(x), RESIDUAL_SAMPLE, replace=False))] if len(x) > RESIDUAL_SAMPLE \
-            else x.copy()
+        if len(x) > RESIDUAL_SAMPLE:
+            residuals = x[np.sort(rng.choice(len(x), RESIDUAL_SAMPLE, replace=False))].astype(np.float32, copy=False)
+        else:
+            residuals = x.astype(np.float32)  # a copy
         ids = self.assign(residuals)
         for s in range(0, len(residuals), CHUNK):
             residuals[s : s + CHUNK] -= self.centroids[ids[s : s + CHUNK]]

@@ -147,3 +147,25 @@ def test_wide_centroid_ids():
         assert q.id_size == width and codes.shape == (3, width + 1)
         np.testing.assert_array_equal(q.centroid_ids(codes), [3, n_centroids - 1, 0])
         assert codes[0, :width].tolist() == [3] + [0] * (width - 1)
+
+
+def test_a_float16_sample_trains_as_its_float32_values(colbert_slice, monkeypatch):
+    """k-means widens a float16 sample a block at a time (FAISS through a float16 codec, torch a block at a
+    time), so it gives exactly the centroids of the same values held as float32; so does the CPU assignment,
+    which scores a bounded block of points against the centroids at a time."""
+    import retr.quantizers.kmeans as kmeans
+
+    half = colbert_slice[1][:20000].astype(np.float16)
+    wide = half.astype(np.float32)
+    for device in (None, "cpu"):  # FAISS, torch
+        monkeypatch.setattr(kmeans, "_gpu", lambda: device)
+        np.testing.assert_array_equal(kmeans.spherical_kmeans(half, 256, niter=3),
+                                      kmeans.spherical_kmeans(wide, 256, niter=3))
+    monkeypatch.setattr(kmeans, "_gpu", lambda: None)
+    monkeypatch.setattr(kmeans, "ASSIGN_CELLS", 256 * 100)  # 100 points a block
+    centroids = kmeans.spherical_kmeans(wide, 256, niter=3)
+    np.testing.assert_array_equal(kmeans.nearest_centroids(half, centroids), np.argmax(wide @ centroids.T, axis=1))
+    q16, q32 = ResidualQuantizer(nbits=2, n_centroids=256), ResidualQuantizer(nbits=2, n_centroids=256)
+    q16.train(half)
+    q32.train(wide)
+    np.testing.assert_array_equal(q16.encode(wide), q32.encode(wide))
