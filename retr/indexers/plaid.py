@@ -42,7 +42,7 @@ from retr.errors import RetrError
 from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
-from retr.scoring import TorchTokens, maxsim_batch, segment_max, token_rows, top_k
+from retr.scoring import TorchTokens, maxsim_batch, one_thread_each, segment_max, token_rows, top_k
 from retr.scoring.device import torch_device
 from retr.storage import GrowingArray, load_array, save_array
 
@@ -69,13 +69,6 @@ def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.nd
         per_token = np.take(np.ascontiguousarray(qc.T), cids, axis=0)  # (tokens, q_len): a gather of rows
         out[nonempty] = segment_max(per_token, lengths[nonempty], axis=0).sum(1)
     return out
-
-
-def _one_torch_thread() -> None:
-    """Make torch run this thread's operations on it alone (torch's thread count is set per thread)."""
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: np.ndarray, ivf_docs: np.ndarray,
@@ -275,7 +268,7 @@ class PlaidIndex:
             rows, seg = token_rows(offsets, cand)
         # stage 4: decompress and score exactly
         tokens = self.quantizer.decode(np.asarray(self._codes.array[rows]))
-        return maxsim_batch([query], tokens, seg)[0], cand
+        return maxsim_batch([query], tokens, seg, workers=1)[0], cand
 
     def _settings(self, k: int) -> tuple[int, float | None, int]:
         """(nprobe, t_cs, ndocs) of a CPU search of depth ``k``: the index's own, else ``search_settings``."""
@@ -306,7 +299,7 @@ class PlaidIndex:
         # the per-document max and sums in torch), so a batch gains from every core
         workers = min(os.cpu_count() or 1, len(qs))
         with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
-              concurrent.futures.ThreadPoolExecutor(workers, initializer=_one_torch_thread) as pool):
+              concurrent.futures.ThreadPoolExecutor(workers, initializer=one_thread_each) as pool):
             for start in range(0, len(qs), block):
                 part = qs[start : start + block]
                 qcs = np.split(np.concatenate(part) @ centroids.T, np.cumsum([len(q) for q in part])[:-1])

@@ -15,8 +15,9 @@ scores in the 3rd-4th decimal, which can swap near-ties).
 
 from retr.scoring.dense import NumpyDense, TorchDense, dense_scorer
 from retr.scoring.device import DEVICES, check_device
-from retr.scoring.maxsim import NumpyTokens, TorchTokens, maxsim_batch, segment_max, token_rows, token_scorer
+from retr.scoring.maxsim import (NumpyTokens, TorchTokens, maxsim_batch, one_thread_each, segment_max, token_rows,
+                                 token_scorer)
 from retr.scoring.topk import merge_top_k, top_k
 
 __all__ = ["DEVICES", "NumpyDense", "NumpyTokens", "TorchDense", "TorchTokens", "check_device", "dense_scorer",
-           "maxsim_batch", "merge_top_k", "segment_max", "token_rows", "token_scorer", "top_k"]
+           "maxsim_batch", "merge_top_k", "one_thread_each", "segment_max", "token_rows", "token_scorer", "top_k"]

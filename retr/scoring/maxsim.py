@@ -3,9 +3,9 @@
 
 Two backends give the same answer:
 
-- numpy (``NumpyTokens``, the CPU default): a chunk of document tokens at a time (memory-mapped
-  rows, float16 widened by faiss's SIMD decoder), one matrix product with all query tokens,
-  a max per document segment (``segment_max``) and a sum per query.
+- numpy (``NumpyTokens``, the CPU default): chunks of document tokens (memory-mapped rows,
+  float16 widened by faiss's SIMD decoder) scored side by side in threads, each with one matrix
+  product with all query tokens, a max per document segment (``segment_max``) and a sum per query.
 - torch (``TorchTokens``, GPUs, or ``torch:cpu``): documents grouped in length tiers (1, 2, 3, 4,
   6, 8, 12, 16, ... tokens: powers of two and 1.5 times them), each padded to its tier's length
   by repeating the document's last token (a repeated token cannot change a max, so padding is
@@ -18,15 +18,14 @@ Two backends give the same answer:
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import contextlib
 import functools
 import os
 import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from retr.errors import RetrError
 from retr.scoring.device import Block, DeviceBlocks
@@ -39,7 +38,7 @@ ROWS_BYTES = 1 << 24
 LONG_SEGMENT = 32  # mean run length from which segment_max uses numpy's reduceat rather than torch
 GATHER = 2048  # float32 token rows gathered at once when scoring a subset (stays in cache for the product)
 QUERY_GROUP = 64  # queries the numpy path scores together in one pass over the documents
-REDUCERS = max(1, (os.cpu_count() or 1) // 4)  # threads reducing similarity chunks while the next product runs
+WORKERS = os.cpu_count() or 1  # threads scoring chunks of documents side by side
 BLOCK_TOKENS = 1 << 22  # padded tokens in one torch tier block (the unit kept resident or streamed)
 MIN_BLOCK_TOKENS = 1 << 18  # a tier smaller than this is padded to the next one (each block costs kernel launches)
 TORCH_CELLS = {"cuda": 1 << 29, "cpu": 1 << 24}  # similarity entries one torch step computes at once
@@ -75,18 +74,19 @@ def widen(tokens: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def maxsim_batch(
     queries: Sequence[np.ndarray], doc_tokens: np.ndarray, doc_offsets: np.ndarray, cells: int = CELLS,
-    rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None, workers: int | None = None,
 ) -> np.ndarray:
     """(nq, n_docs) float32 MaxSim scores of each query against each document; empty documents get -inf.
 
-    All query tokens are multiplied with a chunk of document tokens at once (one matrix
-    product), reduced to a max per document segment (``segment_max``) and summed per query
-    (``np.add.reduceat``). Chunks end on document boundaries and hold about
-    ``cells / total query tokens`` tokens, which bounds memory; the single-threaded
-    reductions of a chunk run in ``REDUCERS`` threads while the next product runs. With ``rows``, the documents
-    are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
-    gathered ``GATHER`` at a time so each chunk is still in cache for its product, float16
-    rows in whole chunks (each faiss widening call costs milliseconds of fixed overhead).
+    The documents are cut into chunks that end on document boundaries. A chunk's tokens are widened
+    to float32, multiplied with all query tokens at once (one matrix product), reduced to a max per
+    document segment (``segment_max``) and summed per query (``np.add.reduceat``), all by one thread
+    with one BLAS thread; ``workers`` threads (default: every core) score chunks side by side. Every
+    step releases the GIL, and a chunk's small product (one query: 16 rows) parallelises over chunks
+    where a many-threaded BLAS call would not. ``cells`` bounds the similarity entries of the chunks
+    in flight, and so the memory. With ``rows``, the documents are those rows of ``doc_tokens``
+    (``doc_offsets`` index into ``rows``); float32 rows are gathered ``GATHER`` at a time so each
+    chunk is still in cache for its product.
     """
     offsets = np.asarray(doc_offsets, dtype=np.int64)
     n_docs = len(offsets) - 1
@@ -96,46 +96,52 @@ def maxsim_batch(
     if (q_lens == 0).any():
         raise RetrError("a query has no token vectors")
     q_all = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
+    q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
     out = np.full((len(queries), n_docs), -np.inf, dtype=np.float32)
-    chunk = max(1, min(cells // len(q_all), ROWS_BYTES // (4 * q_all.shape[1])))
+    n_tokens = int(offsets[-1] - offsets[0])
+    workers = workers or WORKERS
+    chunk = max(1, min(cells // (workers * len(q_all)), ROWS_BYTES // (4 * q_all.shape[1])))
     if rows is not None and doc_tokens.dtype == np.float32:
         chunk = min(chunk, GATHER)
+    local = threading.local()  # each thread widens float16 rows into its own buffer, chunk after chunk
 
-    q_starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]])
-
-    def reduce(d0: int, d1: int, sims: np.ndarray) -> None:
+    def score(d0: int, d1: int) -> None:
+        t0, t1 = int(offsets[d0]), int(offsets[d1])
+        if t1 == t0:
+            return
+        block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
+        if block.dtype == np.float16 and getattr(local, "wide", None) is None:
+            local.wide = np.empty((min(chunk, n_tokens), q_all.shape[1]), dtype=np.float32)
+        sims = q_all @ widen(block, getattr(local, "wide", None)).T  # (query tokens, tokens)
         lengths = np.diff(offsets[d0 : d1 + 1])
         nonempty = np.flatnonzero(lengths > 0)
-        best = segment_max(sims, lengths[nonempty])  # (q tokens, docs)
-        # each query's tokens summed without BLAS: a product here would wait for the chunk product beside it
-        out[:, d0 + nonempty] = np.add.reduceat(best, q_starts, axis=0)
+        out[:, d0 + nonempty] = np.add.reduceat(segment_max(sims, lengths[nonempty]), q_starts, axis=0)
 
-    # the products (BLAS, every core) run here; the reductions of earlier chunks run beside them in threads,
-    # unless one product holds everything (a rerank of a few documents): then no thread pool at all
-    one_product = int(offsets[-1] - offsets[0]) <= chunk
-    pending: collections.deque = collections.deque()
-    wide = (np.empty((min(chunk, int(offsets[-1] - offsets[0])), q_all.shape[1]), dtype=np.float32)
-            if doc_tokens.dtype == np.float16 else None)  # float16 rows widened into this, chunk after chunk
-    with contextlib.nullcontext() if one_product else concurrent.futures.ThreadPoolExecutor(REDUCERS) as pool:
-        d0 = 0
-        while d0 < n_docs:
-            # the documents whose tokens fit in one chunk (at least one document)
-            d1 = int(np.searchsorted(offsets, offsets[d0] + chunk, side="right")) - 1
-            d1 = min(max(d1, d0 + 1), n_docs)
-            t0, t1 = int(offsets[d0]), int(offsets[d1])
-            if t1 > t0:
-                block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-                sims = q_all @ widen(block, wide).T  # (query tokens, tokens): segments along the last axis
-                if pool is None:
-                    reduce(d0, d1, sims)
-                else:
-                    pending.append(pool.submit(reduce, d0, d1, sims))
-                while len(pending) > REDUCERS:
-                    pending.popleft().result()
-            d0 = d1
-        for job in pending:
+    spans, d0 = [], 0
+    while d0 < n_docs:  # the documents whose tokens fit in one chunk (at least one document)
+        d1 = int(np.searchsorted(offsets, offsets[d0] + chunk, side="right")) - 1
+        d1 = min(max(d1, d0 + 1), n_docs)
+        spans.append((d0, d1))
+        d0 = d1
+    if workers == 1 or len(spans) == 1:  # no threads for one chunk's work (a rerank of a few documents)
+        for span in spans:
+            score(*span)
+        return out
+    with (threadpool_limits(1, user_api="blas"),
+          concurrent.futures.ThreadPoolExecutor(workers, initializer=one_thread_each) as pool):
+        for job in [pool.submit(score, *span) for span in spans]:
             job.result()
     return out
+
+
+def one_thread_each() -> None:
+    """Run this thread's torch and faiss (OpenMP) work on it alone: both counts are per thread. The
+    initializer of a pool whose threads each take a share of the work (BLAS is limited around the pool)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
 
 
 def segment_max(values: np.ndarray, lengths: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -479,5 +485,5 @@ def token_scorer(tokens: np.ndarray, offsets: np.ndarray, device: str = "cpu") -
     return NumpyTokens(tokens, offsets) if device == "cpu" else TorchTokens(tokens, offsets, device)
 
 
-__all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "padded_rows", "segment_max",
-           "tier_groups", "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]
+__all__ = ["NumpyTokens", "TorchTokens", "maxsim_batch", "maxsim_reference", "one_thread_each", "padded_rows",
+           "segment_max", "tier_groups", "tier_lengths", "token_rows", "token_scorer", "top_k", "widen"]

@@ -31,6 +31,10 @@ def test_chunking_and_batching_do_not_change_scores(tokens):
     whole = maxsim_batch(queries, flat, offsets)
     assert whole.shape == (len(queries), len(offsets) - 1) and whole.dtype == np.float32
     np.testing.assert_allclose(maxsim_batch(queries, flat, offsets, cells=3000), whole, rtol=1e-6, atol=1e-5)
+    half = flat.astype(np.float16)  # chunks scored by 1 or 3 threads, each widening into its own buffer
+    threads = [maxsim_batch(queries, half, offsets, cells=3000, workers=w) for w in (1, 3)]
+    np.testing.assert_array_equal(threads[0], threads[1])
+    np.testing.assert_allclose(threads[0], whole, rtol=1e-2, atol=1e-2)
     for i, q in enumerate(queries[:5]):
         np.testing.assert_allclose(maxsim_scores(q, flat, offsets, cells=1), whole[i], rtol=1e-6, atol=1e-5)
     picked = np.array([250, 3, 77, 3, 120])  # a subset, out of order, one twice: gathered chunk by chunk
