@@ -176,10 +176,18 @@ def test_stacked_token_rows_equal_their_concatenation_and_leave_no_mapped_pages(
     save_array(tmp_path / "rows.npy", data)
     mapped = load_array(tmp_path / "rows.npy")
     bounds = np.unique(np.random.default_rng(2).integers(0, len(data), 500))
-    docs = as_token_matrices([mapped[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)])], None, "test")
-    assert memory_map_of(docs[3]) is memory_map_of(mapped) is not None and memory_map_of(data) is None
     before = _rss_file_kib()
-    flat = stack_tokens(docs, block=64)
+    # checked as they are copied (PLAID's training): listing them reads no page
+    docs = as_token_matrices([mapped[a:b] for a, b in zip([0, *bounds], [*bounds, len(data)])], None, "test",
+                             finite=False)
+    assert memory_map_of(docs[3]) is memory_map_of(mapped) is not None and memory_map_of(data) is None
+    assert _rss_file_kib() - before < 16 * 1024
+    flat = stack_tokens(docs, block=64, what="test")
     assert np.array_equal(flat, data) and flat.dtype == np.float32
     assert _rss_file_kib() - before < 16 * 1024  # the 64 MiB read through the map did not stay resident
+    np.testing.assert_array_equal(stack_tokens(docs[:5], dtype=np.float16), data[: bounds[4]].astype(np.float16))
     assert stack_tokens([]).shape == (0, 0)
+    bad = [d.copy() for d in docs[:3]]
+    bad[2][0, 7] = np.nan
+    with pytest.raises(RetrError, match="test: item 2"):
+        stack_tokens(bad, block=2, what="test")

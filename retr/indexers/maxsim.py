@@ -27,8 +27,11 @@ TOKENS_FILE, OFFSETS_FILE = "tokens.npy", "offsets.npy"
 DTYPES = ("float16", "float32")
 
 
-def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]:
-    """A list of float32 (tokens, dim) matrices, or a clear error."""
+def as_token_matrices(reps: Any, dim: int | None, what: str, finite: bool = True) -> list[np.ndarray]:
+    """A list of float32 (tokens, dim) matrices, or a clear error.
+
+    ``finite=False`` leaves the NaN / infinity check to the caller: it reads every row, which pages in
+    all of a memory-mapped sample at once (``stack_tokens`` checks it a block at a time instead)."""
     if isinstance(reps, np.ndarray) and reps.ndim == 2:
         raise RetrError(f"{what}: expected a list of (tokens, dim) matrices (multi-vector), got one matrix")
     out = []
@@ -40,17 +43,19 @@ def as_token_matrices(reps: Any, dim: int | None, what: str) -> list[np.ndarray]
             dim = x.shape[1]
         if x.shape[1] != dim:
             raise RetrError(f"{what}: item {i} has dimension {x.shape[1]}, the index holds dimension {dim}")
-        check_finite(x, f"{what}: item {i}")
+        if finite:
+            check_finite(x, f"{what}: item {i}")
         out.append(x)
     return out
 
 
-def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.float32) -> np.ndarray:
+def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.float32, what: str = "") -> np.ndarray:
     """The documents' token rows as one (tokens, dim) matrix of ``dtype``, copied ``block`` documents at a time.
 
     Rows read from the embedding cache are memory-mapped; the pages each block read are dropped from
     the resident set once copied (``release_pages``), so a large training sample costs its copy only,
-    not the copy and every page mapped to make it.
+    not the copy and every page mapped to make it. With ``what``, each document is checked for NaN and
+    infinity as it is copied (a clear error naming ``what``).
     """
     if not docs:
         return np.zeros((0, 0), dtype)
@@ -58,7 +63,9 @@ def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.flo
     at = 0
     for start in range(0, len(docs), block):
         part = docs[start : start + block]
-        for doc in part:
+        for i, doc in enumerate(part, start):
+            if what:
+                check_finite(doc, f"{what}: item {i}")
             out[at : at + len(doc)] = doc
             at += len(doc)
         maps = {id(m): m for m in map(memory_map_of, part) if m is not None}

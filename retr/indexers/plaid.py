@@ -203,10 +203,11 @@ class PlaidIndex:
 
     def train(self, reps: Any, n: int) -> None:
         """Centroids from the tokens of a sample of documents (``n`` documents in all)."""
-        docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")
+        what = f"training a {self.name} index"
         # float16: half the memory of the largest thing a build holds (1.35 GB at 100K pypi-summaries documents);
-        # the sample's cached rows are not all kept mapped beside their copy
-        flat = stack_tokens(docs, dtype=np.float16)
+        # the sample's cached rows are read (and checked) a block at a time, not all kept mapped beside their copy
+        docs = as_token_matrices(reps, self.dim, what, finite=False)
+        flat = stack_tokens(docs, dtype=np.float16, what=what)
         if len(flat) == 0:
             raise RetrError("training a plaid index: the documents have no token vectors to train centroids on")
         self.quantizer.train(flat, int(round(len(flat) / max(len(docs), 1) * n)))

@@ -38,6 +38,7 @@ PQ_BITS = 8  # bits per product-quantizer sub-code: one byte, 256 codewords per 
 PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (faiss trains slowly on more)
 RESIDUAL_SAMPLE = 1 << 18  # residuals the codec is fitted on (bucket quantiles, or PQ's sample drawn from them)
 CHUNK = 16384  # vectors encoded at once
+QUANTILE_COLUMNS = 32  # residual dimensions whose quantiles are taken at once
 DECODE_CHUNK = 512  # vectors decoded at once: the lookup's temporaries (0.4 MB at 384-d) stay in cache, on reused heap
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points a centroid
 POINTS_PER_CENTROID = 64  # training points a centroid, at most (the sample is drawn down to this)
@@ -165,7 +166,10 @@ class ResidualQuantizer:
         levels = 1 << self.nbits
         cut_q = np.arange(1, levels) / levels
         weight_q = (np.arange(levels) + 0.5) / levels
-        both = np.quantile(residuals, np.concatenate([cut_q, weight_q]), axis=0).T.astype(np.float32)  # one copy
+        # a block of columns at a time: np.quantile sorts a copy of what it is given (the whole sample: 400 MB)
+        qs = np.concatenate([cut_q, weight_q])
+        both = np.concatenate([np.quantile(residuals[:, j : j + QUANTILE_COLUMNS], qs, axis=0)
+                               for j in range(0, residuals.shape[1], QUANTILE_COLUMNS)], axis=1).T.astype(np.float32)
         self.cutoffs, self.weights = both[:, : levels - 1].copy(), both[:, levels - 1 :].copy()
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
