@@ -82,9 +82,9 @@ def maxsim_batch(
     to float32, multiplied with all query tokens at once (one matrix product), reduced to a max per
     document segment (``segment_max``) and summed per query (``np.add.reduceat``), all by one thread
     with one BLAS thread; ``workers`` threads (default: every core) score chunks side by side. The
-    steps release the GIL (BLAS, faiss's decoder, torch, numpy's loops), and a chunk's small product (one query: 16 rows) parallelises over chunks
-    where a many-threaded BLAS call would not. ``cells`` bounds the similarity entries of the chunks
-    in flight, and so the memory. With ``rows``, the documents are those rows of ``doc_tokens``
+    steps release the GIL (BLAS, faiss's decoder, torch, numpy's loops), and a chunk's small product
+    (one query: 16 rows) parallelises over chunks where a many-threaded BLAS call would not. ``cells``
+    bounds the similarity entries of the chunks in flight, and so the memory. With ``rows``, the documents are those rows of ``doc_tokens``
     (``doc_offsets`` index into ``rows``); float32 rows are gathered ``GATHER`` at a time so each
     chunk is still in cache for its product.
     """
