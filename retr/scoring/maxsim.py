@@ -84,9 +84,9 @@ def maxsim_batch(
     with one BLAS thread; ``workers`` threads (default: every core) score chunks side by side. The
     steps release the GIL (BLAS, faiss's decoder, torch, numpy's loops), and a chunk's small product
     (one query: 16 rows) parallelises over chunks where a many-threaded BLAS call would not. ``cells``
-    bounds the similarity entries of the chunks in flight, and so the memory. With ``rows``, the documents are those rows of ``doc_tokens``
-    (``doc_offsets`` index into ``rows``); float32 rows are gathered ``GATHER`` at a time so each
-    chunk is still in cache for its product.
+    bounds the similarity entries of the chunks in flight, and so the memory. With ``rows``, the
+    documents are those rows of ``doc_tokens`` (``doc_offsets`` index into ``rows``); float32 rows are
+    gathered ``GATHER`` at a time so each chunk is still in cache for its product.
     """
     offsets = np.asarray(doc_offsets, dtype=np.int64)
     n_docs = len(offsets) - 1
@@ -110,9 +110,10 @@ def maxsim_batch(
         if t1 == t0:
             return
         block = doc_tokens[t0:t1] if rows is None else doc_tokens[rows[t0:t1]]
-        if block.dtype == np.float16 and getattr(local, "wide", None) is None:
-            local.wide = np.empty((min(chunk, n_tokens), q_all.shape[1]), dtype=np.float32)
-        sims = q_all @ widen(block, getattr(local, "wide", None)).T  # (query tokens, tokens)
+        wide = getattr(local, "wide", None)
+        if wide is None and block.dtype == np.float16:
+            wide = local.wide = np.empty((min(chunk, n_tokens), q_all.shape[1]), dtype=np.float32)
+        sims = q_all @ widen(block, wide).T  # (query tokens, tokens)
         lengths = np.diff(offsets[d0 : d1 + 1])
         nonempty = np.flatnonzero(lengths > 0)
         out[:, d0 + nonempty] = np.add.reduceat(segment_max(sims, lengths[nonempty]), q_starts, axis=0)
