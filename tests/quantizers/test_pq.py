@@ -5,7 +5,7 @@ import pytest
 
 from retr import RetrError
 from retr.indexers.quantized import PQIndex
-from retr.quantizers.pq import IVFPQQuantizer, OPQQuantizer, PQQuantizer
+from retr.quantizers.pq import IVFPQQuantizer, OPQQuantizer, PQQuantizer, inner_index
 from retr.registry import INDEXES, QUANTIZERS
 
 SPECS = {"pq": "pq:M=16", "opq": "opq:M=16,niter=4", "ivfpq": "ivfpq:nlist=16,M=16"}
@@ -75,6 +75,22 @@ def test_ivfpq_nprobe_trades_recall(doc_vectors):
     exact = np.argsort(-(queries @ doc_vectors.T), axis=1)[:, :10]
     recall = [np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ix.search(queries, 10)[1], exact)]) for ix in (one, full)]
     assert recall[0] < recall[1], recall
+
+
+@pytest.mark.parametrize("spec", ["ivfpq:nlist=16,M=16", "ivf:nlist=16"])
+def test_automatic_nprobe_searches_a_third_of_the_cells(spec, doc_vectors, tmp_path):
+    auto = INDEXES.create(spec)
+    auto.add(doc_vectors)
+    auto.save(tmp_path)
+    auto = type(auto).load(tmp_path, auto.config(), len(doc_vectors))
+    assert auto.config()["nprobe"] == 0  # saved as automatic: follows the cells of the index it opens
+    queries = doc_vectors[::20]
+    found = auto.search(queries, 10)
+    searcher = auto._searcher if spec.startswith("ivfpq") else auto._index
+    assert inner_index(searcher).nprobe == 6  # ceil(16 / 3)
+    for nprobe, same in ((6, True), (1, False)):
+        fixed = type(auto).load(tmp_path, {**auto.config(), "nprobe": nprobe}, len(doc_vectors))
+        assert np.array_equal(fixed.search(queries, 10)[1], found[1]) == same
 
 
 def test_auto_nlist_is_resolved_and_kept(doc_vectors):
