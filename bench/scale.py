@@ -201,6 +201,13 @@ def search_worker(index_dir: Path, query_dir: Path, count: int, device: str, sin
     out.write_text(json.dumps(found))
 
 
+def reference_ids(work: Path, reference: str, size: int, count: int) -> list[list[int]] | None:
+    """The exact ranking (on the CPU) an earlier run in ``work`` measured for this slice, if it has the same queries."""
+    path = work / f"search-{reference}-{size}-cpu.json"
+    ids = json.loads(path.read_text())["ids"] if path.exists() else None
+    return ids if ids is not None and len(ids) == count else None
+
+
 def recall(ids: list[list[int]], exact: list[list[int]]) -> float:
     return float(np.mean([len(set(a) & set(e)) / K for a, e in zip(ids, exact)]))
 
@@ -257,7 +264,7 @@ def measure(args: argparse.Namespace) -> None:
                                f"search_rss_gib{suffix}": found["search_rss_gib"],
                                f"search_base_rss_gib{suffix}": found["base_rss_gib"]})
                 done_ids[f"{name}{suffix}"] = found["ids"]
-                exact = done_ids.get(reference)  # the exact ranking, on the CPU
+                exact = done_ids.get(reference) or reference_ids(work, reference, size, len(texts))
                 if exact is not None and f"{name}{suffix}" != reference:
                     record[f"recall{suffix}"] = recall(found["ids"], exact)
             if not args.keep:

@@ -17,8 +17,8 @@ the documents holding a token assigned to it (CSR arrays). A query runs in four 
 
 ``nprobe`` and ``ndocs`` follow the search depth k, the number of centroids and the corpus size unless
 set (``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
-A batch of queries runs in threads, one BLAS and one torch thread each (the per-document max and
-sums run in torch, which releases the GIL where numpy's ``maximum.at`` and ``reduceat`` do not).
+A batch of queries runs in threads, one BLAS and one torch thread each; the loops of stages 1-3 and
+the residual decoding are compiled without the GIL (``retr.kernels``), so the threads run side by side.
 The centroids train on the tokens of a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's),
 on a GPU when there is one, and later chunks of the corpus are only encoded.
 
@@ -42,7 +42,7 @@ from retr.errors import RetrError
 from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
-from retr.scoring import TorchTokens, maxsim_batch, one_thread_each, segment_max, token_rows, top_k
+from retr.scoring import TorchTokens, maxsim_batch, one_thread_each, token_rows, top_k
 from retr.scoring.device import torch_device
 from retr.storage import GrowingArray, load_array, save_array
 
@@ -62,13 +62,9 @@ DEVICE_DEPTH = 4
 
 def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """sum_i max_j qc[i, cids_j] per document segment (cids: the documents' token centroid ids)."""
-    out = np.zeros(len(seg) - 1, dtype=np.float32)
-    lengths = np.diff(seg)
-    nonempty = np.flatnonzero(lengths > 0)
-    if len(nonempty):
-        per_token = np.take(np.ascontiguousarray(qc.T), cids, axis=0)  # (tokens, q_len): a gather of rows
-        out[nonempty] = segment_max(per_token, lengths[nonempty], axis=0).sum(1)
-    return out
+    from retr.kernels import centroid_maxsum
+
+    return centroid_maxsum(np.ascontiguousarray(qc.T), cids, seg)
 
 
 def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: np.ndarray, ivf_docs: np.ndarray,
@@ -79,9 +75,9 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
     when set); a document scores ``sum_i max_j qc[i, C_j]`` over the centroids of its tokens, where
     a centroid token i did not look up counts as the best score it skipped, an upper bound. The work
     is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass.
-    The per-document max and sum run in torch, which releases the GIL (numpy's ``maximum.at`` does not).
+    The per-document max and sum are a compiled loop (``probed_totals``) that releases the GIL.
     """
-    import torch
+    from retr.kernels import probed_totals
 
     n_tokens, n_c = qc.shape
     probe = min(nprobe, n_c)
@@ -94,21 +90,9 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
     if t_cs is not None:
         floor = np.maximum(floor, np.float32(t_cs))
     above = np.take_along_axis(qc, best, 1) - floor[:, None]
-    looked = above > 0  # row by row: each token's lists, then the next token's
-    positions, seg = token_rows(ivf_offsets, best[looked])
-    docs = torch.from_numpy(np.take(ivf_docs, positions).astype(np.int64))
-    gains = torch.from_numpy(np.repeat(above[looked], np.diff(seg)))
-    bounds = seg[np.concatenate([[0], np.cumsum(looked.sum(1))])]  # where each token's entries start
-    total = torch.zeros(n_docs)
-    gain = torch.zeros(n_docs)  # one query token's best gain over its floor, per document
-    for i in range(n_tokens):
-        mine = docs[bounds[i] : bounds[i + 1]]
-        gain.scatter_reduce_(0, mine, gains[bounds[i] : bounds[i + 1]], "amax")
-        total.index_put_((mine,), total[mine] + gain[mine])  # a repeated document adds once: every copy writes the same
-        gain.index_fill_(0, mine, 0.0)
-    scores = total.numpy()
-    reached = np.flatnonzero(scores)
-    return reached, scores[reached] + floor.sum()
+    total = probed_totals(np.ascontiguousarray(best), np.ascontiguousarray(above), ivf_offsets, ivf_docs, n_docs)
+    reached = np.flatnonzero(total)
+    return reached, total[reached] + floor.sum()
 
 
 def colbert_ndocs(k: int) -> int:
@@ -296,8 +280,8 @@ class PlaidIndex:
             return s[0, found], cand[order[0, found]]
 
         # queries run in threads with one BLAS thread and one torch thread each (every core inside every thread
-        # would make 16 x 16 threads fight); the heavy steps release the GIL (products, takes, partitions, and
-        # the per-document max and sums in torch), so a batch gains from every core
+        # would make 16 x 16 threads fight); the heavy steps release the GIL (products, partitions, and the
+        # compiled loops of retr.kernels), so a batch gains from every core
         workers = min(os.cpu_count() or 1, len(qs))
         with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
               concurrent.futures.ThreadPoolExecutor(workers, initializer=one_thread_each) as pool):

@@ -39,7 +39,6 @@ PQ_SAMPLE = 64 << PQ_BITS  # residuals the codebooks train on: 64 per codeword (
 RESIDUAL_SAMPLE = 1 << 18  # residuals the codec is fitted on (bucket quantiles, or PQ's sample drawn from them)
 CHUNK = 16384  # vectors encoded at once
 QUANTILE_COLUMNS = 32  # residual dimensions whose quantiles are taken at once
-DECODE_CHUNK = 512  # vectors decoded at once: the lookup's temporaries (0.4 MB at 384-d) stay in cache, on reused heap
 MIN_POINTS_PER_CENTROID = 39  # FAISS warns below this many training points a centroid
 POINTS_PER_CENTROID = 64  # training points a centroid, at most (the sample is drawn down to this)
 NBITS = (1, 2, 4)
@@ -223,29 +222,22 @@ class ResidualQuantizer:
         return codes
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """float32 (n, dim): centroid + decompressed residual, L2-normalised."""
+        """float32 (n, dim): centroid + decompressed residual, L2-normalised, one row at a time in a compiled
+        loop (``retr.kernels.decode_residuals``: numpy's gathers took 2 microseconds a 384-d row and held the GIL)."""
+        from retr.kernels import decode_residuals
+
         c = self._need_trained()
         ids = self.centroid_ids(codes)
         if len(ids) and ids.max() >= len(c):
             raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
-        width = self.id_size
         out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
-        for s in range(0, len(ids), DECODE_CHUNK):  # in place: no temporaries the size of the output
-            block = out[s : s + DECODE_CHUNK]
-            np.take(c, ids[s : s + DECODE_CHUNK], axis=0, out=block)
-            block += self._decode_residuals(np.asarray(codes[s : s + DECODE_CHUNK, width:]))
-            block /= np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-12)[:, None]
+        if len(ids):
+            decode_residuals(ids, np.asarray(codes)[:, self.id_size :], c, self._byte_table(), out)
         return out
 
-    def _decode_residuals(self, packed: np.ndarray) -> np.ndarray:
-        """float32 (n, dim) residuals: one lookup per code byte (the values that byte stands for, side by side)."""
-        slots = np.arange(packed.shape[1], dtype=np.intp) << 8
-        values = np.take(self._byte_table(), slots + packed)  # a gather of fixed-size records: far faster than 2-D
-        return values.view(np.float32).reshape(len(packed), -1)[:, : self.dim]
-
     def _byte_table(self) -> np.ndarray:
-        """(residual bytes * 256,) records of ``4 * values`` bytes: record ``256 j + b`` holds the float32
-        values byte ``j`` of a residual decodes to when it is ``b`` (PQ: a codeword; bits: 8 / nbits buckets)."""
+        """float32 (residual bytes, 256, values a byte): what byte ``j`` of a residual decodes to when it is ``b``
+        (PQ: a codeword; bits: 8 / nbits bucket weights, the first in the most significant bits)."""
         if self._table is None:
             if self.residual == "pq":
                 table = self.codebooks
@@ -253,12 +245,10 @@ class ResidualQuantizer:
                 per, dim = 8 // self.nbits, len(self.weights)
                 weights = np.pad(self.weights, ((0, -dim % per), (0, 0)))  # (bytes * per, levels)
                 byte = np.arange(256)
-                # bucket of the i-th value in a byte: the first value sits in the most significant bits
                 buckets = (byte[:, None] >> (8 - self.nbits * (np.arange(per) + 1))) & ((1 << self.nbits) - 1)
                 rows = np.arange(len(weights)).reshape(-1, 1, per)  # (bytes, 1, per)
                 table = weights[rows, buckets[None]]  # (bytes, 256, per)
-            table = np.ascontiguousarray(table, dtype=np.float32)
-            self._table = table.reshape(-1, table.shape[-1]).view(f"V{4 * table.shape[-1]}")[:, 0]
+            self._table = np.ascontiguousarray(table, dtype=np.float32)
         return self._table
 
     def torch_decoder(self, device: str) -> Callable[[Any], Any]:
