@@ -191,3 +191,19 @@ def test_stacked_token_rows_equal_their_concatenation_and_leave_no_mapped_pages(
     bad[2][0, 7] = np.nan
     with pytest.raises(RetrError, match="test: item 2"):
         stack_tokens(bad, block=2, what="test")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from Linux's /proc")
+def test_cached_vectors_read_back_leave_no_mapped_pages(tmp_path):
+    """A dense training sample read from the embedding cache is held once (its stacked copy), not also as the
+    cache's mapped pages: 350 MB of IVF-PQ's sample at 794K documents."""
+    from retr.retriever.cache import EmbeddingCache
+
+    data = np.random.default_rng(3).standard_normal((1 << 14, 1024)).astype(np.float32)  # 64 MiB
+    texts = [f"text {i}" for i in range(len(data))]
+    EmbeddingCache("k", tmp_path).encode(texts, lambda batch: data[[int(t.split()[1]) for t in batch]])
+    cache = EmbeddingCache("k", tmp_path)  # a new process's view: every row read through the shards' maps
+    before = _rss_file_kib()
+    again = cache.encode(texts, lambda batch: pytest.fail("re-encoded a cached text"))
+    assert np.array_equal(again, data)
+    assert _rss_file_kib() - before < 16 * 1024

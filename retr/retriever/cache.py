@@ -106,8 +106,7 @@ class EmbeddingCache:
         with self._lock:
             self._load()
             positions = self._where.find(keys)
-            for _, rows in self._shards:  # what earlier calls read is unmapped: a build streams, RSS stays flat
-                release_pages(rows)
+        self._release()  # what earlier calls read is unmapped: a build streams, RSS stays flat
         results: list[np.ndarray | None] = [None] * len(texts)
         missing: dict[bytes, list[int]] = {}
         for i in np.flatnonzero(positions < 0).tolist():
@@ -129,7 +128,15 @@ class EmbeddingCache:
             results[i] = self._get(int(positions[i]))
         if ragged:
             return results
-        return np.stack([r[0] for r in results]) if results else np.zeros((0, 0), np.float32)
+        stacked = np.stack([r[0] for r in results]) if results else np.zeros((0, 0), np.float32)
+        self._release()  # the rows just copied: a training sample is held once, not also as mapped pages
+        return stacked
+
+    def _release(self) -> None:
+        """Drop the pages of every shard from the resident set (``release_pages``); the page cache keeps them."""
+        with self._lock:
+            for _, rows in self._shards:
+                release_pages(rows)
 
     def _write(self, keys: np.ndarray, matrices: list[np.ndarray]) -> None:
         if self.folder is None or len(matrices) < self.min_write:
