@@ -77,19 +77,20 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
     is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass.
     The per-document max and sum are a compiled loop (``probed_totals``) that releases the GIL.
     """
+    import torch
+
     from retr.kernels import probed_totals
 
     n_tokens, n_c = qc.shape
     probe = min(nprobe, n_c)
-    if probe < n_c:
-        order = np.argpartition(-qc, probe, axis=1)
-        best, skipped = order[:, :probe], order[:, probe]
-        floor = qc[np.arange(n_tokens), skipped]
+    if probe < n_c:  # each token's best probe + 1 centroids, best first: the last is the best one skipped
+        values, order = (t.numpy() for t in torch.topk(torch.from_numpy(np.ascontiguousarray(qc)), probe + 1))
+        best, scores, floor = order[:, :probe], values[:, :probe], values[:, probe]
     else:
-        best, floor = np.tile(np.arange(n_c), (n_tokens, 1)), qc.min(1)
+        best, scores, floor = np.tile(np.arange(n_c), (n_tokens, 1)), qc, qc.min(1)
     if t_cs is not None:
         floor = np.maximum(floor, np.float32(t_cs))
-    above = np.take_along_axis(qc, best, 1) - floor[:, None]
+    above = scores - floor[:, None]
     total = probed_totals(np.ascontiguousarray(best), np.ascontiguousarray(above), ivf_offsets, ivf_docs, n_docs)
     reached = np.flatnonzero(total)
     return reached, total[reached] + floor.sum()
