@@ -337,9 +337,9 @@ def report(paths: list[str]) -> None:
         ["type", "machine", "sizes", "build time", "build peak RSS", "disk", "search peak RSS", "q/s (batch)"], growth))
     if encodes:
         sections.append("## Encoding rate (filling the embedding cache)\n\n" + md_table(
-            ["encoder", "documents", "seconds", "docs/s", "machine"],
+            ["encoder", "documents", "seconds", "docs/s", "machine", "note"],
             [[r["type"], f"{r['size']:,}", f"{r['seconds']:.1f}", f"{r['docs_per_s']:,.0f}",
-              machine_label(r["machine"])]
+              machine_label(r["machine"]), r.get("note", "")]
              for r in encodes]))
     write_results("scale", "Scale: index types on growing slices of pypi-summaries", sections, os.getloadavg()[0],
                   RENDERED)
