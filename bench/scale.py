@@ -46,7 +46,7 @@ TYPES: dict[str, tuple[str, str, str]] = {  # name -> (encoder family, index spe
     "flat": ("dense", "flat", "flat"),
     "hnsw": ("dense", "hnsw", "flat"),
     "ivfpq": ("dense", "ivfpq:M=48,nprobe=16", "flat"),
-    "ivfpq+refine": ("dense", "ivfpq:M=48,refine=200", "flat"),
+    "ivfpq+refine": ("dense", "ivfpq:M=48,refine=400", "flat"),
     "pq": ("dense", "pq:M=48", "flat"),
     "pq+refine": ("dense", "pq:M=48,refine=200", "flat"),
     "bebr": ("dense", "bebr:u=4", "flat"),

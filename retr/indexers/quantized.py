@@ -196,7 +196,8 @@ class OPQIndex(QuantizedIndex):
 
 class IVFPQIndex(QuantizedIndex):
     """``ivfpq:nlist=64,M=16,nprobe=8``: IVF cells over PQ codes; ``nprobe`` cells searched per query
-    (``0``: ``auto_nprobe``, a third of the cells, which with ``refine`` finds 0.95 of the exact top 10)."""
+    (``0``: ``auto_nprobe``, a third of the cells: with ``refine=400``, 0.96-0.97 of the exact top 10 on
+    100K-400K pypi-summaries documents)."""
 
     name = "ivfpq"
 
