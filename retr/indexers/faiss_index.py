@@ -63,8 +63,8 @@ def auto_nlist(n: int) -> int:
 def auto_nprobe(nlist: int) -> int:
     """Cells a search probes unless told: a third of them (``PROBE_SHARE``). The share of the exact top 10
     an IVF probe finds depends on the share of cells probed, not on their number, and queries unlike the
-    documents need a large share: on 100,000 pypi-summaries documents (MiniLM, 1,264 cells) IVF-Flat finds 0.70 at
-    16 cells, 0.90 at a tenth, 0.94 at a fifth, 0.98 at two fifths (README, "Large corpora")."""
+    documents need a large share: on 100,000 pypi-summaries documents (MiniLM, 1,264 cells) IVF-Flat
+    finds 0.70 at 16 cells, 0.90 at a tenth, 0.94 at a fifth, 0.98 at two fifths (README, "Large corpora")."""
     return max(1, -(-nlist // PROBE_SHARE))
 
 
