@@ -31,6 +31,7 @@ decoded and there is no candidate generation: exhaustive is cheap there), and th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from retr.errors import RetrError
 from retr.indexers.maxsim import as_token_matrices, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
-from retr.scoring import TorchTokens, maxsim_batch, one_thread_each, token_rows, top_k
+from retr.scoring import TorchTokens
 from retr.scoring.device import torch_device
 from retr.storage import GrowingArray, load_array, save_array
 
@@ -64,7 +65,7 @@ def _centroid_scores(qc: np.ndarray, cids: np.ndarray, seg: np.ndarray) -> np.nd
     """sum_i max_j qc[i, cids_j] per document segment (cids: the documents' token centroid ids)."""
     from retr.kernels import centroid_maxsum
 
-    return centroid_maxsum(np.ascontiguousarray(qc.T), cids, seg)
+    return centroid_maxsum(np.ascontiguousarray(qc.T), cids, seg[:-1], seg[1:])
 
 
 def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: np.ndarray, ivf_docs: np.ndarray,
@@ -74,26 +75,16 @@ def probed_scores(qc: np.ndarray, nprobe: int, t_cs: float | None, ivf_offsets: 
     Query token i looks up its ``nprobe`` best centroids' lists (only those scoring above ``t_cs``
     when set); a document scores ``sum_i max_j qc[i, C_j]`` over the centroids of its tokens, where
     a centroid token i did not look up counts as the best score it skipped, an upper bound. The work
-    is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass.
-    The per-document max and sum are a compiled loop (``probed_totals``) that releases the GIL.
+    is the lists' lengths, never every document: generation and pruning (PLAID's stages 1 and 2) in one pass
+    (the compiled ``probe_floors`` and ``probed_totals`` that ``plaid_query`` runs).
     """
-    import torch
+    from retr.kernels import probe_floors, probed_totals
 
-    from retr.kernels import probed_totals
-
-    n_tokens, n_c = qc.shape
-    probe = min(nprobe, n_c)
-    if probe < n_c:  # each token's best probe + 1 centroids, best first: the last is the best one skipped
-        values, order = (t.numpy() for t in torch.topk(torch.from_numpy(np.ascontiguousarray(qc)), probe + 1))
-        best, scores, floor = order[:, :probe], values[:, :probe], values[:, probe]
-    else:
-        best, scores, floor = np.tile(np.arange(n_c), (n_tokens, 1)), qc, qc.min(1)
-    if t_cs is not None:
-        floor = np.maximum(floor, np.float32(t_cs))
-    above = scores - floor[:, None]
-    total = probed_totals(np.ascontiguousarray(best), np.ascontiguousarray(above), ivf_offsets, ivf_docs, n_docs)
+    qc = np.ascontiguousarray(qc, dtype=np.float32)
+    floors = probe_floors(qc, nprobe, -np.inf if t_cs is None else t_cs)
+    total = probed_totals(qc, floors, ivf_offsets, ivf_docs, n_docs)
     reached = np.flatnonzero(total)
-    return reached, total[reached] + floor.sum()
+    return reached, total[reached] + floors.sum()
 
 
 def colbert_ndocs(k: int) -> int:
@@ -237,24 +228,17 @@ class PlaidIndex:
         return self._ivf
 
     def _search_one(self, query: np.ndarray, qc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """PLAID's stages for one query (``qc``: its centroid scores): (exact scores, their documents)."""
+        """PLAID's stages for one query (``qc``: its centroid scores), one compiled call (``plaid_query``):
+        (exact scores, their documents), best first, at most ``k``."""
+        from retr.kernels import plaid_query
+
         nprobe, t_cs, ndocs = self._settings(k)
         ivf_offsets, ivf_docs = self._lists()
-        offsets, ids = np.asarray(self._offsets.array), self._ids.array
-        # stages 1 and 2: candidates and their centroid interaction, from the inverted lists
-        cand, approx = probed_scores(qc, nprobe, t_cs, ivf_offsets, ivf_docs, len(self))
-        if len(cand) > ndocs:
-            cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
-        rows, seg = token_rows(offsets, cand)
-        # stage 3: centroid interaction over every token of the candidates, no bound
-        final = max(k, ndocs // 4)
-        if len(cand) > final:
-            approx = _centroid_scores(qc, np.take(ids, rows), seg)
-            cand = np.sort(cand[top_k(approx[None], final)[1][0]])
-            rows, seg = token_rows(offsets, cand)
-        # stage 4: decompress and score exactly
-        tokens = self.quantizer.decode(np.asarray(self._codes.array[rows]))
-        return maxsim_batch([query], tokens, seg, workers=1)[0], cand
+        q = self.quantizer
+        return plaid_query(np.ascontiguousarray(query, dtype=np.float32), qc, nprobe,
+                           -np.inf if t_cs is None else t_cs, ndocs, max(k, ndocs // 4), k, ivf_offsets, ivf_docs,
+                           np.asarray(self._offsets.array), self._ids.array, np.asarray(self._codes.array),
+                           q.id_size, q.centroids, q._byte_table())
 
     def _settings(self, k: int) -> tuple[int, float | None, int]:
         """(nprobe, t_cs, ndocs) of a CPU search of depth ``k``: the index's own, else ``search_settings``."""
@@ -273,25 +257,19 @@ class PlaidIndex:
             return scores, ids
         centroids = np.asarray(self.quantizer.centroids, dtype=np.float32)
         block = max(1, QC_CELLS // (max(len(q) for q in qs) * len(centroids)))  # queries whose centroid scores fit
-
-        def one(query: np.ndarray, qc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            exact, cand = self._search_one(query, qc, k)
-            s, order = top_k(exact[None], k)
-            found = order[0] >= 0
-            return s[0, found], cand[order[0, found]]
-
-        # queries run in threads with one BLAS thread and one torch thread each (every core inside every thread
-        # would make 16 x 16 threads fight); the heavy steps release the GIL (products, partitions, and the
-        # compiled loops of retr.kernels), so a batch gains from every core
+        # queries run in threads, each query one compiled call without the GIL (retr.kernels.plaid_query) whose
+        # small products use one BLAS thread; the centroid scores of a block of queries are one product on every
+        # core. One query (or one core) runs here, without a pool or a BLAS limit to set up (~1 ms each).
         workers = min(os.cpu_count() or 1, len(qs))
         with (progress_bar(total=len(qs), desc=f"searching {self.name}", unit="query") as bar,
-              concurrent.futures.ThreadPoolExecutor(workers, initializer=one_thread_each) as pool):
+              concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool):
             for start in range(0, len(qs), block):
                 part = qs[start : start + block]
                 qcs = np.split(np.concatenate(part) @ centroids.T, np.cumsum([len(q) for q in part])[:-1])
-                with threadpool_limits(1 if workers > 1 else None, user_api="blas"):
-                    for row, (s, found) in enumerate(pool.map(one, part, qcs), start):
-                        scores[row, : len(s)], ids[row, : len(s)] = s, found
+                with threadpool_limits(1, user_api="blas") if pool else contextlib.nullcontext():
+                    found = (pool.map if pool else map)(lambda q, qc: self._search_one(q, qc, k), part, qcs)
+                    for row, (s, top) in enumerate(found, start):
+                        scores[row, : len(s)], ids[row, : len(s)] = s, top
                         bar.update(1)
         return scores, ids
 
