@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,6 +59,7 @@ class DenseEncoder:
         self.query_prefix, self.doc_prefix, self.device = query_prefix, doc_prefix, device
         self._resolved = resolve_model(model)
         self._st: Any = None
+        self._dim: int | None = None  # known from the first encodings: a build read from the cache loads no model
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model, "normalize": self.normalize, "max_length": self.max_length,
@@ -72,14 +75,30 @@ class DenseEncoder:
 
     @property
     def dim(self) -> int:
+        if self._dim is not None:
+            return self._dim
         st = self.st
         dim = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else st.get_sentence_embedding_dimension()
         if dim is None:
             raise RetrError(f"model {self.model!r} does not say its embedding dimension")
         return int(dim)
 
+    def _max_seq_length(self) -> int:
+        """The token limit of the encodings: the one set, else the model folder's (so a build whose texts are all
+        cached loads no model, and starts no GPU), else the loaded model's."""
+        if self.max_length:
+            return self.max_length
+        if self._st is None:
+            try:
+                stated = json.loads((Path(self._resolved) / "sentence_bert_config.json").read_text())["max_seq_length"]
+            except (OSError, ValueError, KeyError, TypeError):
+                stated = None
+            if isinstance(stated, int):
+                return stated
+        return int(self.st.max_seq_length)
+
     def _cache(self, role: str) -> EmbeddingCache:
-        settings = f"{self.normalize}-{self.st.max_seq_length}-{self.query_prefix if role == 'q' else self.doc_prefix}"
+        settings = f"{self.normalize}-{self._max_seq_length()}-{self.query_prefix if role == 'q' else self.doc_prefix}"
         settings += "" if self.dtype == "float32" else f"-{self.dtype}"
         key = f"dense-{model_fingerprint(self._resolved)}-{role}-{model_fingerprint(settings)}"
         return open_cache(key, role)
@@ -104,8 +123,13 @@ class DenseEncoder:
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         texts = [self.doc_prefix + t for t in texts]
-        return self._cache("d").encode(texts, self._encode, desc="encoding documents")
+        return self._known(self._cache("d").encode(texts, self._encode, desc="encoding documents"))
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         texts = [self.query_prefix + t for t in texts]
-        return self._cache("q").encode(texts, self._encode, desc="encoding queries")
+        return self._known(self._cache("q").encode(texts, self._encode, desc="encoding queries"))
+
+    def _known(self, vectors: np.ndarray) -> np.ndarray:
+        if vectors.ndim == 2 and len(vectors):
+            self._dim = int(vectors.shape[1])
+        return vectors

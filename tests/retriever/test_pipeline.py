@@ -207,3 +207,17 @@ def test_second_encoding_comes_from_the_cache(dense, cranfield, monkeypatch):
     first = dense.encoder.encode_documents(texts)
     monkeypatch.setattr(type(dense.encoder), "_encode", lambda self, t: pytest.fail("re-encoded a cached text"))
     np.testing.assert_array_equal(dense.encoder.encode_documents(texts), first)
+
+
+def test_a_build_from_cached_encodings_loads_no_model(dense, cranfield, tmp_path):
+    """Every text cached (the session's dense fixture encoded Cranfield): the build takes the token limit from
+    the model folder and the dimension from the vectors, and never loads the model (no GPU context, ~1 GB of
+    host memory on a CUDA machine); the index equals one built by an encoder whose model is loaded."""
+    encoder = ENCODERS.create(f"dense:{MODEL}")
+    built = Retriever.build(cranfield.corpus, encoder, "flat", out=tmp_path / "idx")
+    assert encoder._st is None
+    again = open_index(tmp_path / "idx")
+    assert again.encoder.dim == 384 and encoder._max_seq_length() == again.encoder.st.max_seq_length
+    queries = list(cranfield.queries.values())[:5]
+    for a, b in zip(built.search_batch(queries, 10), dense.search_batch(queries, 10)):
+        assert [h.id for h in a] == [h.id for h in b]
