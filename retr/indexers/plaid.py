@@ -17,8 +17,8 @@ the documents holding a token assigned to it (CSR arrays). A query runs in four 
 
 ``nprobe`` and ``ndocs`` follow the search depth k, the number of centroids and the corpus size unless
 set (``search_settings``); ``ndocs`` is at least ``4 k``, so stage 4 always sees ``k`` documents.
-A batch of queries runs in threads, one BLAS and one torch thread each; the loops of stages 1-3 and
-the residual decoding are compiled without the GIL (``retr.kernels``), so the threads run side by side.
+The four stages of a query are one compiled call without the GIL (``retr.kernels.plaid_query``), so a
+batch's query threads run side by side on every core; the queries' centroid scores are one product a block.
 The centroids train on the tokens of a seeded sample of ``16 sqrt(120 n)`` documents (ColBERT's),
 on a GPU when there is one, and later chunks of the corpus are only encoded.
 
@@ -238,7 +238,7 @@ class PlaidIndex:
         return plaid_query(np.ascontiguousarray(query, dtype=np.float32), qc, nprobe,
                            -np.inf if t_cs is None else t_cs, ndocs, max(k, ndocs // 4), k, ivf_offsets, ivf_docs,
                            np.asarray(self._offsets.array), self._ids.array, np.asarray(self._codes.array),
-                           q.id_size, q.centroids, q._byte_table())
+                           q.id_size, q.centroids, q.byte_table())
 
     def _settings(self, k: int) -> tuple[int, float | None, int]:
         """(nprobe, t_cs, ndocs) of a CPU search of depth ``k``: the index's own, else ``search_settings``."""

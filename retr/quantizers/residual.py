@@ -84,7 +84,7 @@ class ResidualQuantizer:
         self.cutoffs: np.ndarray | None = None  # bits: (dim, 2^nbits - 1) float32
         self.weights: np.ndarray | None = None  # bits: (dim, 2^nbits) float32
         self.codebooks: np.ndarray | None = None  # pq: (m, 256, dim / m) float32
-        self._table: np.ndarray | None = None  # decoding lookup, from the weights or codebooks (_byte_table)
+        self._table: np.ndarray | None = None  # decoding lookup, from the weights or codebooks (byte_table)
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "niter": self.niter,
@@ -232,10 +232,10 @@ class ResidualQuantizer:
             raise RetrError(f"decoding: centroid ids must lie in 0..{len(c) - 1}")
         out = np.empty((len(ids), c.shape[1]), dtype=np.float32)
         if len(ids):
-            decode_residuals(ids, np.asarray(codes)[:, self.id_size :], c, self._byte_table(), out)
+            decode_residuals(ids, np.asarray(codes)[:, self.id_size :], c, self.byte_table(), out)
         return out
 
-    def _byte_table(self) -> np.ndarray:
+    def byte_table(self) -> np.ndarray:
         """float32 (residual bytes, 256, values a byte): what byte ``j`` of a residual decodes to when it is ``b``
         (PQ: a codeword; bits: 8 / nbits bucket weights, the first in the most significant bits)."""
         if self._table is None:

@@ -170,3 +170,42 @@ def test_search_settings_follow_k_the_centroids_and_the_corpus():
     # a small one: 4 x ColBERT's would reach past a quarter of it, so ColBERT's own
     assert search_settings(100, 4096, 1398) == (16, 1024) and search_settings(10, 256, 300) == (2, 256)
     assert search_settings(1000, 16384, 8_000_000)[1] == 4 * colbert_ndocs(1000) == 16384
+
+
+def test_one_call_query_equals_the_stages_in_numpy(built, colbert_slice):
+    """``plaid_query`` (the compiled CPU query) against its four stages written with numpy: the same documents in
+    the same order at ndocs 40 (stage 2 and 3 each cut) and at the defaults, scores within float32 rounding."""
+    from retr.kernels import plaid_query
+
+    queries = colbert_slice[3]
+    q, offsets, ids = built.quantizer, built.offsets, built._ids.array
+    ivf_offsets, ivf_docs = built._lists()
+    for ndocs in (40, built._settings(10)[2]):
+        for query in queries[:8]:
+            qc = np.ascontiguousarray(query @ q.centroids.T)
+            cand, approx = probed_scores(qc, 8, None, ivf_offsets, ivf_docs, len(built))
+            cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
+            per_doc = np.diff(offsets)[cand]
+            approx = _centroid_scores(qc, ids[np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in cand])],
+                                      np.concatenate([[0], np.cumsum(per_doc)]))
+            cand = np.sort(cand[top_k(approx[None], ndocs // 4)[1][0]])
+            exact = maxsim_batch([query], q.decode(np.asarray(built.codes)), offsets)[0][cand]
+            want_scores, order = top_k(exact[None], 10)
+            scores, found = plaid_query(np.ascontiguousarray(query), qc, 8, -np.inf, ndocs, ndocs // 4, 10, ivf_offsets,
+                                        ivf_docs, offsets, ids, np.asarray(built.codes), q.id_size, q.centroids,
+                                        q.byte_table())
+            np.testing.assert_array_equal(found, cand[order[0]])
+            np.testing.assert_allclose(scores, want_scores[0], rtol=1e-5)
+
+
+def test_selection_keeps_the_best_with_ties_to_the_lowest_position():
+    from retr.kernels import _nth_largest, best_in_order
+
+    values = np.array([1, 3, 3, 2, 3, 0], np.float32)
+    np.testing.assert_array_equal(best_in_order(values, 2), [1, 2])
+    np.testing.assert_array_equal(best_in_order(values, 4), [1, 2, 3, 4])
+    np.testing.assert_array_equal(best_in_order(values, 9), np.arange(6))
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 300):
+        x = rng.standard_normal(1000).astype(np.float32)
+        assert _nth_largest(x, n) == np.sort(x)[-n]
