@@ -146,33 +146,66 @@ def _projection(folder: Path) -> tuple[Any, Any, dict[str, Any], str, str]:
     return weight, bias, settings, "sentence-transformers", sub
 
 
+@dataclass
+class ColBERTCard:
+    """What a checkpoint says without its backbone's weights: tokenizer, projection, settings and limits."""
+
+    tokenizer: Any
+    weight: Any  # torch (out, in) projection on the CPU, or None
+    bias: Any
+    settings: dict[str, Any]  # markers / lengths the checkpoint was trained with
+    layout: str  # "sentence-transformers", "colbert-ai" or "zero-shot"
+    source: Path  # the transformer's folder
+    max_length: int  # the backbone's position limit
+    dim: int  # of the token vectors: the projection's output, else the backbone's hidden size
+
+
+def _cannot_load(resolved: str, exc: Exception) -> RetrError:
+    return RetrError(f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name")
+
+
+@functools.lru_cache(maxsize=4)
+def read_colbert(resolved: str) -> ColBERTCard:
+    """Read a checkpoint's tokenizer, configuration and projection once per process, without the backbone
+    (an encoder whose texts are all cached needs no more: no model on a device, no GPU context)."""
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+    except ImportError:
+        raise RetrError("ColBERT encoders need torch and transformers: pip install 'retr[dense]'") from None
+    folder = _local_folder(resolved)
+    weight, bias, settings, layout, sub = _projection(folder)
+    source = folder / sub
+    quiet_model_libraries()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        config = AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError) as exc:
+        raise _cannot_load(resolved, exc) from None
+    hidden = int(config.hidden_size)
+    if weight is not None and weight.shape[1] != hidden:
+        raise RetrError(f"{resolved}: projection takes {weight.shape[1]}-d input, the model makes {hidden}-d")
+    return ColBERTCard(tokenizer, weight, bias, settings, layout, source,
+                       int(getattr(config, "max_position_embeddings", 512)),
+                       int(weight.shape[0]) if weight is not None else hidden)
+
+
 @functools.lru_cache(maxsize=4)
 def load_colbert(resolved: str, device: str, dtype: str = "float32") -> ColBERTModel:
     """Load once per process; every encoder naming the same checkpoint shares it."""
-    try:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError:
-        raise RetrError("ColBERT encoders need torch and transformers: pip install 'retr[dense]'") from None
+    card = read_colbert(resolved)
+    import torch
+    from transformers import AutoModel
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    folder = _local_folder(resolved)
-    weight, bias, settings, layout, sub = _projection(folder)
-    source = str(folder / sub)
-    quiet_model_libraries()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        backbone = AutoModel.from_pretrained(source).to(device=device, dtype=getattr(torch, dtype)).eval()
+        backbone = AutoModel.from_pretrained(str(card.source)).to(device=device, dtype=getattr(torch, dtype)).eval()
     except (OSError, ValueError) as exc:
-        raise RetrError(
-            f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name"
-        ) from None
-    hidden = backbone.config.hidden_size
+        raise _cannot_load(resolved, exc) from None
+    weight, bias = card.weight, card.bias
     if weight is not None:
-        if weight.shape[1] != hidden:
-            raise RetrError(f"{resolved}: projection takes {weight.shape[1]}-d input, the model makes {hidden}-d")
         weight = weight.to(device=device, dtype=torch.float32)
         bias = bias.to(device=device, dtype=torch.float32) if bias is not None else None
-    return ColBERTModel(tokenizer, backbone, weight, bias, settings, layout, device)
+    return ColBERTModel(card.tokenizer, backbone, weight, bias, card.settings, card.layout, device)
 
 
 class ColBERTEncoder:
@@ -213,14 +246,15 @@ class ColBERTEncoder:
                 "attend_to_mask_tokens": self.attend_to_mask_tokens, "dtype": self.dtype}
 
     @property
-    def loaded(self) -> ColBERTModel:
-        if self._loaded is None:
-            loaded = load_colbert(self._resolved, self.device, self.dtype)
+    def card(self) -> ColBERTCard:
+        """The checkpoint without its backbone (``read_colbert``); the effective settings come from it."""
+        card = read_colbert(self._resolved)
+        if not self._effective:
             effective = {key: getattr(self, key) for key in DEFAULTS}
-            for key, value in loaded.settings.items():
+            for key, value in card.settings.items():
                 if effective[key] == DEFAULTS[key]:
                     effective[key] = type(DEFAULTS[key])(value)
-            tokenizer = loaded.tokenizer
+            tokenizer = card.tokenizer
             for key in ("query_marker", "doc_marker"):
                 marker = effective[key]
                 effective[key + "_id"] = None
@@ -228,9 +262,17 @@ class ColBERTEncoder:
                     effective[key + "_id"] = self._token_id(tokenizer, marker, key)
             if effective["query_length"] and tokenizer.mask_token_id is None:
                 raise RetrError(f"{self.model!r} has no [MASK] token; use query_length=0 (no query augmentation)")
-            effective["max_length"] = int(getattr(loaded.backbone.config, "max_position_embeddings", 512))
+            effective["max_length"] = card.max_length
             effective["skip_ids"] = self._punctuation_ids(tokenizer) if self.skip_punctuation else set()
-            self._effective, self._loaded = effective, loaded
+            self._effective = effective
+        return card
+
+    @property
+    def loaded(self) -> ColBERTModel:
+        """The checkpoint with its backbone on the encoder's device (loaded at the first text to encode)."""
+        if self._loaded is None:
+            self.card
+            self._loaded = load_colbert(self._resolved, self.device, self.dtype)
         return self._loaded
 
     def _token_id(self, tokenizer: Any, marker: str, key: str) -> int:
@@ -252,11 +294,10 @@ class ColBERTEncoder:
 
     @property
     def dim(self) -> int:
-        loaded = self.loaded
-        return int(loaded.weight.shape[0]) if loaded.weight is not None else int(loaded.backbone.config.hidden_size)
+        return self.card.dim
 
     def _cache(self, role: str) -> EmbeddingCache:
-        self.loaded
+        self.card
         settings = {k: v for k, v in self._effective.items() if k != "skip_ids"}
         settings.update(normalize=self.normalize, skip=sorted(self._effective["skip_ids"]))
         if self.dtype != "float32":

@@ -111,6 +111,10 @@ def test_second_encoding_comes_from_the_cache(colbert, piece, monkeypatch):
     monkeypatch.setattr(ColBERTEncoder, "_encode", lambda self, t, q: pytest.fail("re-encoded a cached text"))
     for a, b in zip(colbert.encoder.encode_documents(texts), first):
         np.testing.assert_array_equal(a, b)
+    fresh = ENCODERS.create(f"colbert:{MODEL}")  # every text cached: tokenizer and settings read, no backbone
+    for a, b in zip(fresh.encode_documents(texts), first):
+        np.testing.assert_array_equal(a, b)
+    assert fresh._loaded is None and fresh.dim == colbert.encoder.dim == 384
 
 
 def _copy_model(tmp_path):
