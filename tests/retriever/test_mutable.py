@@ -223,6 +223,7 @@ WRITER = textwrap.dedent("""
     from retr.eval.datasets import Document
     path, steps = sys.argv[1], int(sys.argv[2])
     r = retr.open_index(path)
+    print("open", flush=True)  # the parent times its kills from here: the operations, not the imports
     for step in range(steps):
         if step == 0:
             r.add([Document(f"new-{i}", f"added document number {i} about boundary layers") for i in range(300)])
@@ -271,13 +272,20 @@ def test_a_killed_writer_leaves_the_last_commit(cranfield, tmp_path):
     assert len(set(committed)) == 5  # before, then after each of the four operations
     shutil.rmtree(tmp_path / "full")
     shutil.copytree(snapshot, tmp_path / "full")
+
+    def start_writer(path):
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "4"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        assert child.stdout.readline() == "open\n"
+        return child
+
+    child = start_writer(tmp_path / "full")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "full"), "4"], env=env, check=True)
-    took = time.perf_counter() - start  # one whole run as a child: process start, model load, four commits
+    assert child.wait() == 0
+    took = time.perf_counter() - start  # the four operations and their commits, in a child
     outcomes = set()
-    for delay in np.linspace(1.0, took, 8):
-        child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "k"), "4"], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for delay in np.linspace(0.0, took, 8):
+        child = start_writer(tmp_path / "k")
         time.sleep(float(delay))
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -287,8 +295,7 @@ def test_a_killed_writer_leaves_the_last_commit(cranfield, tmp_path):
         shutil.rmtree(tmp_path / "k")
         shutil.copytree(snapshot, tmp_path / "k")
     assert len(outcomes) >= 2  # killed at different operations
-    child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "k"), "4"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = start_writer(tmp_path / "k")
     time.sleep(took * 0.6)
     child.send_signal(signal.SIGKILL)
     child.wait()
