@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retr import INDEXES, RetrError
-from retr.scoring import maxsim_batch, top_k
+from retr.scoring import maxsim_batch, token_rows, top_k
 from retr.indexers.plaid import PlaidIndex, _centroid_scores, colbert_ndocs, probed_scores, search_settings
 
 
@@ -185,9 +185,8 @@ def test_one_call_query_equals_the_stages_in_numpy(built, colbert_slice):
             qc = np.ascontiguousarray(query @ q.centroids.T)
             cand, approx = probed_scores(qc, 8, None, ivf_offsets, ivf_docs, len(built))
             cand = np.sort(cand[top_k(approx[None], ndocs)[1][0]])
-            per_doc = np.diff(offsets)[cand]
-            approx = _centroid_scores(qc, ids[np.concatenate([np.arange(offsets[d], offsets[d + 1]) for d in cand])],
-                                      np.concatenate([[0], np.cumsum(per_doc)]))
+            rows, seg = token_rows(offsets, cand)
+            approx = _centroid_scores(qc, ids[rows], seg)
             cand = np.sort(cand[top_k(approx[None], ndocs // 4)[1][0]])
             exact = maxsim_batch([query], q.decode(np.asarray(built.codes)), offsets)[0][cand]
             want_scores, order = top_k(exact[None], 10)
