@@ -52,7 +52,7 @@ TYPES: dict[str, tuple[str, str, str]] = {  # name -> (encoder family, index spe
     "bebr": ("dense", "bebr:u=4", "flat"),
     "maxsim": ("colbert", "maxsim", "maxsim"),
     "plaid": ("colbert", "plaid:nbits=4", "maxsim"),
-    "muvera": ("colbert", "muvera:inner=pq,inner_M=1280,candidates=1000", "maxsim"),
+    "muvera": ("colbert", "muvera:k_sim=4,d_proj=32,fill_empty=false,inner=pq,inner_M=1280,candidates=4000", "maxsim"),
     "splade": ("splade", "lucene", "splade-csr"),
     "splade-csr": ("splade", "csr", "splade-csr"),
 }
@@ -236,6 +236,8 @@ def measure(args: argparse.Namespace) -> None:
             build_s, build_rss, code = run_measured(cmd, work / f"build-{name}-{size}.log", env)
             record: dict[str, Any] = {"size": size, "type": name, "encoder": encoder, "index": index_spec,
                                       "machine": host, "build_s": build_s, "build_rss_gib": build_rss}
+            if args.note:
+                record["note"] = args.note
             if code != 0:
                 record["error"] = (work / f"build-{name}-{size}.log").read_text()[-2000:]
                 print(json.dumps(record), flush=True)
@@ -362,10 +364,13 @@ def _growth(name: str, host: str, mine: list[dict[str, Any]]) -> list[str]:
 
 
 def _note(record: dict[str, Any]) -> str:
-    """The record's note, led by exact MaxSim's share of the machine's float32 matrix-product rate."""
+    """The record's note, led by its index spec where it is not the type's current one and by exact MaxSim's
+    share of the machine's float32 matrix-product rate."""
+    spec = record.get("index", "")
+    other = f"`{spec}`" if spec and record["type"] in TYPES and spec != TYPES[record["type"]][1] else ""
     share = record.get("matmul_share")
     lead = f"batched search at {share:.0%} of the float32 matrix-product rate" if share else ""
-    return "; ".join(filter(None, [lead, record.get("note", "")]))
+    return "; ".join(filter(None, [other, lead, record.get("note", "")]))
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -389,8 +394,16 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "runs" / "scale.json"))
     parser.add_argument("--warm", default="", help="encoders to fill the cache for first: dense,colbert,splade")
     parser.add_argument("--keep", action="store_true", help="keep the built indexes")
+    parser.add_argument("--spec", action="append", default=[], metavar="TYPE=INDEX",
+                        help="another index spec for a type (its records say which), e.g. 'muvera=muvera:candidates=4000'")
+    parser.add_argument("--note", default="", help="a note written into every record of this run")
     parser.add_argument("--report", nargs="*", help="render bench/results/scale.md from these JSON files")
     args = parser.parse_args()
+    for item in args.spec:
+        name, _, spec = item.partition("=")
+        if name not in TYPES or not spec:
+            parser.error(f"--spec wants TYPE=INDEX with TYPE one of {', '.join(TYPES)}; got {item!r}")
+        TYPES[name] = (TYPES[name][0], spec, TYPES[name][2])
     if args.report:
         report(args.report)
         return

@@ -68,10 +68,15 @@ def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.flo
                 check_finite(doc, f"{what}: item {i}")
             out[at : at + len(doc)] = doc
             at += len(doc)
-        maps = {id(m): m for m in map(memory_map_of, part) if m is not None}
-        for mapping in maps.values():
-            release_pages(mapping)
+        release_maps(part)
     return out
+
+
+def release_maps(docs: list[np.ndarray]) -> None:
+    """Drop the pages of the memory maps ``docs`` were read through (rows from the embedding cache) from the
+    resident set: a consumer that streams through a sample a block at a time then holds one block's pages."""
+    for mapping in {id(m): m for m in map(memory_map_of, docs) if m is not None}.values():
+        release_pages(mapping)
 
 
 class TokenStore:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from retr.errors import RetrError
+from retr.indexers.faiss_index import check_finite
 from retr.indexers.fde import FDE
-from retr.indexers.maxsim import ExactMultiVectorIndex, as_token_matrices
+from retr.indexers.maxsim import ExactMultiVectorIndex, as_token_matrices, release_maps
 from retr.progress import progress_bar
 from retr.registry import INDEXES
 
@@ -98,10 +99,11 @@ class MuveraIndex:
 
     def train(self, reps: Any, n: int) -> None:
         """Train the inner index on the encodings of a sample of the corpus (``n`` documents in all)."""
-        docs = as_token_matrices(reps, self.dim, f"training a {self.name} index")
+        what = f"training a {self.name} index"
+        docs = as_token_matrices(reps, self.dim, what, finite=False)  # checked a chunk at a time by _encode
         if self._fde is None and docs:
             self._fde = FDE(docs[0].shape[1], **self.fde_settings)
-        self._inner.train(self._encode(docs), n)
+        self._inner.train(self._encode(docs, what), n)
 
     def stage(self, directory: Path) -> None:
         self._store.stage(directory)
@@ -118,13 +120,20 @@ class MuveraIndex:
         if hasattr(self._inner, "use_device"):
             self._inner.use_device(device)
 
-    def _encode(self, docs: list[np.ndarray]) -> np.ndarray:
+    def _encode(self, docs: list[np.ndarray], what: str = "") -> np.ndarray:
+        """The documents' FDEs, ``ENCODE_CHUNK`` at a time; each chunk's cache pages released once encoded
+        (a training sample read through the cache's maps would otherwise stay resident beside its FDEs:
+        3.45 GiB peak for a 100K build, 2.15 after). With ``what``, each chunk is checked for NaN first."""
         fde = self.fde() if self.dim is not None else self._fde
         encoded = np.zeros((len(docs), fde.width), dtype=np.float32)
         with progress_bar(total=len(docs), desc="encoding FDEs", unit="doc") as bar:
             for start in range(0, len(docs), ENCODE_CHUNK):
-                encoded[start : start + ENCODE_CHUNK] = fde.encode(docs[start : start + ENCODE_CHUNK], query=False)
-                bar.update(min(ENCODE_CHUNK, len(docs) - start))
+                part = docs[start : start + ENCODE_CHUNK]
+                for i, doc in enumerate(part if what else (), start):
+                    check_finite(doc, f"{what}: item {i}")
+                encoded[start : start + ENCODE_CHUNK] = fde.encode(part, query=False)
+                release_maps(part)
+                bar.update(len(part))
         return encoded
 
     def add(self, reps: Any) -> None:

@@ -187,6 +187,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     from sentence_transformers import SentenceTransformer
 
     from retr.indexers.quantized import JPQIndex, PQIndex
+    from retr.retriever.dense import features_of
     from retr.retriever.pipeline import Retriever
 
     s = settings or JPQSettings()
@@ -226,8 +227,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     ])
 
     def embed(texts: list[str]) -> Any:
-        prepare = getattr(model, "preprocess", None) or model.tokenize  # sentence-transformers >= 6 / older
-        features = {k: v.to(s.device) if hasattr(v, "to") else v for k, v in prepare(texts).items()}
+        features = {k: v.to(s.device) if hasattr(v, "to") else v for k, v in features_of(model)(texts).items()}
         return torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
 
     def docs_of(rows: np.ndarray) -> Any:

@@ -36,6 +36,12 @@ def load_sentence_transformer(resolved: str, device: str | None, dtype: str = "f
     return model.to(getattr(torch, dtype)) if dtype != "float32" else model
 
 
+def features_of(model: Any) -> Any:
+    """The model's text-to-features call: ``preprocess`` in sentence-transformers >= 6 (where ``tokenize``
+    warns that it is deprecated), ``tokenize`` before."""
+    return getattr(model, "preprocess", None) or model.tokenize
+
+
 class DenseEncoder:
     """Texts to L2-normalised vectors (so inner product = cosine) with a sentence-transformers model.
 
@@ -111,7 +117,7 @@ class DenseEncoder:
         st = self.st
         done = []
         with torch.inference_mode():
-            for batch, features in tokenized_batches(texts, self.batch_size, st.tokenize, st.device):
+            for batch, features in tokenized_batches(texts, self.batch_size, features_of(st), st.device):
                 vectors = st.forward(features)["sentence_embedding"]
                 if self.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)

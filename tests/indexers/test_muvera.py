@@ -1,5 +1,7 @@
 """MUVERA on real ColBERT token vectors of a cranfield slice: FDE = reference, Chamfer correlation, recall, round trip."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from retr import INDEXES, RetrError
 from retr.indexers.fde import FDE, chamfer
 from retr.scoring import maxsim_batch, top_k
 from retr.indexers.muvera import MuveraIndex
+from retr.storage import load_array, save_array
 
 
 def fde_reference(fde: FDE, tokens: np.ndarray, query: bool) -> np.ndarray:
@@ -110,3 +113,30 @@ def test_training_sample_is_capped_by_the_bytes_of_its_encodings():
     wide = INDEXES.create("muvera:inner=pq,inner_M=16,r_reps=40,d_proj=64")  # 320 KB encodings: the floor holds
     assert wide.training_size(10**6) == MIN_TRAIN
     assert INDEXES.create("muvera").training_size(10**6) == 0  # flat inner: nothing trains
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from Linux's /proc")
+def test_training_on_mapped_rows_holds_one_chunk_of_pages_and_checks_them(colbert_slice, tmp_path, monkeypatch):
+    """Rows read through the embedding cache's maps, as a build's training sample is: each chunk's pages are
+    released once its FDEs are made, so the sample is not held twice (at 100K documents its pages were
+    2.3 GiB beside 1 GiB of FDEs); a NaN among them is a clear error naming the document."""
+    from tests.test_storage import _rss_file_kib
+
+    import retr.indexers.muvera as muvera
+
+    docs, flat, offsets, _ = colbert_slice
+    copies = -(-(64 << 20) // flat.nbytes)  # the real tokens repeated to 64 MiB
+    save_array(tmp_path / "rows.npy", np.tile(flat, (copies, 1)))
+    mapped = load_array(tmp_path / "rows.npy")
+    bounds = np.concatenate([offsets[:-1] + i * len(flat) for i in range(copies)] + [[copies * len(flat)]])
+    sample = [mapped[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    monkeypatch.setattr(muvera, "ENCODE_CHUNK", 64)
+    index = INDEXES.create("muvera:r_reps=4,k_sim=3,inner=pq,inner_M=8,inner_nbits=4")
+    before = _rss_file_kib()
+    index.train(sample, len(sample))
+    assert index.trained
+    assert _rss_file_kib() - before < 16 * 1024  # 64 MiB read through the map; one chunk's pages stay at most
+    bad = [d.copy() for d in docs[:3]]
+    bad[2][0, 5] = np.nan
+    with pytest.raises(RetrError, match="training a muvera index: item 2"):
+        INDEXES.create("muvera:r_reps=4,k_sim=3,inner=pq,inner_M=8,inner_nbits=4").train(bad, 3)
