@@ -129,8 +129,9 @@ class MuveraIndex:
         with progress_bar(total=len(docs), desc="encoding FDEs", unit="doc") as bar:
             for start in range(0, len(docs), ENCODE_CHUNK):
                 part = docs[start : start + ENCODE_CHUNK]
-                for i, doc in enumerate(part if what else (), start):
-                    check_finite(doc, f"{what}: item {i}")
+                if what:
+                    for i, doc in enumerate(part, start):
+                        check_finite(doc, f"{what}: item {i}")
                 encoded[start : start + ENCODE_CHUNK] = fde.encode(part, query=False)
                 release_maps(part)
                 bar.update(len(part))
