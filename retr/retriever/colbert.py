@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import tokenized_batches
+from retr.retriever.batching import to_host, token_counter, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -305,16 +305,22 @@ class ColBERTEncoder:
         digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
         return open_cache(f"colbert-{model_fingerprint(self._resolved)}-{role}-{digest}", role)
 
+    def _room(self, query: bool) -> int:
+        """Tokens the tokenizer may give a text: the query or document length (else the model's limit), less the
+        marker's place."""
+        eff = self._effective
+        length = eff["query_length"] if query else eff["doc_length"]
+        length = min(length or eff["max_length"], eff["max_length"])
+        return length - (1 if eff["query_marker_id" if query else "doc_marker_id"] is not None else 0)
+
     def _tokenize(self, texts: Sequence[str], query: bool) -> tuple[Any, Any]:
         """Input ids and attention mask, marker inserted after [CLS], queries padded with [MASK]."""
         import torch
 
         loaded, eff = self.loaded, self._effective
         marker_id = eff["query_marker_id" if query else "doc_marker_id"]
-        length = eff["query_length"] if query else eff["doc_length"]
-        augment = query and length > 0
-        length = min(length or eff["max_length"], eff["max_length"])
-        room = length - (1 if marker_id is not None else 0)
+        augment = query and eff["query_length"] > 0
+        room = self._room(query)
         enc = loaded.tokenizer(
             list(texts), add_special_tokens=True, truncation=True, max_length=room,
             padding="max_length" if augment else "longest", return_tensors="pt",
@@ -331,19 +337,28 @@ class ColBERTEncoder:
         return ids, mask
 
     def _encode(self, texts: Sequence[str], query: bool) -> list[np.ndarray]:
+        """Kept token vectors of each text; a batch's rows are copied to the host while the next batch computes."""
         import torch
 
         loaded, eff = self.loaded, self._effective
         keep_all = query and eff["query_length"] > 0
         skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]), device=loaded.device)
+        count = token_counter(loaded.tokenizer, self._room(query))
         out: list[np.ndarray | None] = [None] * len(texts)
 
         def tokenize(batch: list[str]) -> dict[str, Any]:
             ids, mask = self._tokenize(batch, query)
             return {"input_ids": ids, "attention_mask": mask}
 
+        def finish(batch: np.ndarray, copied: Any) -> None:
+            hidden, keep = copied()
+            rows = hidden[keep]  # kept tokens of every text, in order
+            for i, part in zip(batch, np.split(rows, np.cumsum(keep.sum(1))[:-1])):
+                out[i] = part
+
+        pending = None
         with torch.inference_mode():
-            for batch, features in tokenized_batches(texts, self.batch_size, tokenize, loaded.device):
+            for batch, features in tokenized_batches(texts, self.batch_size, tokenize, loaded.device, count):
                 ids, mask = features["input_ids"], features["attention_mask"]
                 hidden = loaded.backbone(input_ids=ids, attention_mask=mask)[0].float()
                 if loaded.weight is not None:
@@ -353,10 +368,11 @@ class ColBERTEncoder:
                 keep = torch.ones_like(mask, dtype=torch.bool) if keep_all else mask.bool()
                 if skip is not None:
                     keep &= ~torch.isin(ids, skip)
-                lengths = keep.sum(1).cpu().numpy()
-                rows = hidden[keep].cpu().numpy()  # kept tokens of every text, in order
-                for i, part in zip(batch, np.split(rows, np.cumsum(lengths)[:-1])):
-                    out[i] = np.ascontiguousarray(part, dtype=np.float32)
+                if pending is not None:
+                    finish(*pending)
+                pending = (batch, to_host(hidden, keep))
+            if pending is not None:
+                finish(*pending)
         return out  # type: ignore[return-value]
 
     def encode_documents(self, texts: Sequence[str]) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import tokenized_batches
+from retr.retriever.batching import token_counter, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -110,14 +110,16 @@ class DenseEncoder:
         return open_cache(key, role)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        """What ``SentenceTransformer.encode`` computes (its tokenizer, modules and normalisation), with the
-        tokenizer a batch ahead in a thread and one copy back to the host at the end."""
+        """What ``SentenceTransformer.encode`` computes (its tokenizer, modules and normalisation), in batches cut by
+        token count, the tokenizer a batch ahead in a thread and one copy back to the host at the end."""
         import torch
 
         st = self.st
+        tokenizer = getattr(st, "tokenizer", None)  # a Hugging Face tokenizer, unless the model brings its own kind
+        count = token_counter(tokenizer, st.max_seq_length) if callable(tokenizer) else None
         done = []
         with torch.inference_mode():
-            for batch, features in tokenized_batches(texts, self.batch_size, features_of(st), st.device):
+            for batch, features in tokenized_batches(texts, self.batch_size, features_of(st), st.device, count):
                 vectors = st.forward(features)["sentence_embedding"]
                 if self.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)

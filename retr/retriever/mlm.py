@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from retr.errors import RetrError
-from retr.retriever.batching import tokenized_batches
+from retr.retriever.batching import token_counter, tokenized_batches
 from retr.retriever.models import quiet_model_libraries
 
 
@@ -64,7 +64,7 @@ def vocab_logits(
 ) -> Iterator[tuple[list[int], Any, Any]]:
     """Per batch: (positions in ``texts``, MLM logits (B, T, V), attention mask (B, T) as bool).
 
-    Texts are batched by length, so little is padded, and tokenized a batch ahead in a thread
+    Texts are batched by token count, so little is padded, and tokenized a batch ahead in a thread
     (``retr.retriever.batching``); runs under ``torch.inference_mode``.
     """
     import torch
@@ -73,7 +73,8 @@ def vocab_logits(
         return dict(mlm.tokenizer(batch, truncation=True, max_length=max_length, padding="longest",
                                   return_tensors="pt"))
 
-    for batch, enc in tokenized_batches(texts, batch_size, tokenize, mlm.device):
+    count = token_counter(mlm.tokenizer, max_length)
+    for batch, enc in tokenized_batches(texts, batch_size, tokenize, mlm.device, count):
         with torch.inference_mode():
             logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             yield batch.tolist(), logits, enc["attention_mask"].bool()

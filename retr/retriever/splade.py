@@ -59,7 +59,12 @@ class SpladeEncoder:
         out: list[np.ndarray] = [np.zeros((0, 2), np.float32)] * len(texts)
         for batch, logits, mask in vocab_logits(self.mlm, texts, self.max_length, self.batch_size):
             best = logits.masked_fill(~mask.unsqueeze(-1), 0.0).max(dim=1).values  # padding never wins
-            pooled = csr_matrix(saturate(best).cpu().numpy())
+            weights = saturate(best)
+            rows, terms = weights.nonzero(as_tuple=True)  # only the nonzero weights leave the device
+            values = weights[rows, terms].cpu().numpy()
+            starts = np.zeros(len(batch) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows.cpu().numpy(), minlength=len(batch)), out=starts[1:])
+            pooled = csr_matrix((values, terms.cpu().numpy().astype(np.int32), starts), shape=tuple(weights.shape))
             pooled = quantize(top_terms(pooled, self.max_terms), self.scale)
             for i, pairs in zip(batch, to_pairs(pooled)):
                 out[i] = pairs
