@@ -2,7 +2,7 @@
 
 - dense: sentence-transformers ``encode()`` alone (the library underneath) against ``retr index
   --encoder dense:MODEL --index flat`` end to end (reading the corpus, encoding, the embedding
-  cache, the docstore, the index, checksums), float32; and retr with ``dtype=float16``;
+  cache, the docstore, the index, checksums), float32; and both in float16 (``dtype=float16``);
 - ColBERT: a plain transformers forward pass over the same length-sorted batches (tokenize, forward,
   normalise, copy back: what any ColBERT encoder must do) against ``retr index`` with ``maxsim``;
 - SPLADE: the transformers masked-LM forward with max-pooled log-saturation against ``retr index``
@@ -58,10 +58,11 @@ def retr_index(corpus: Path, encoder: str, index: str, work: Path, name: str, ke
     return seconds
 
 
-def st_encode(model: str, texts: list[str], batch: int) -> float:
+def st_encode(model: str, texts: list[str], batch: int, dtype: str = "float32") -> float:
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(model)
+    st = SentenceTransformer(model).to(getattr(torch, dtype))  # as retr's dtype= loads it
     st.encode(texts[:1024], batch_size=batch)  # load and warm up
     start = time.perf_counter()
     st.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
@@ -142,8 +143,9 @@ def main() -> None:
               "ratio": base / seconds})
     if args.fp16:
         texts = texts_of(args.fp16, work)
-        base = st_encode(model, texts, args.batch)
-        emit({"encoder": "dense", "system": "sentence-transformers encode()", "docs": len(texts), "seconds": base})
+        base = st_encode(model, texts, args.batch, "float16")
+        emit({"encoder": "dense", "system": "sentence-transformers encode() (float16)", "docs": len(texts),
+              "seconds": base})
         seconds = retr_index(corpus_slice(args.fp16, work), f"dense:{model},batch_size={args.batch},dtype=float16",
                              "flat", work, "dense-fp16")
         emit({"encoder": "dense", "system": "retr index (flat, dtype=float16)", "docs": len(texts),
