@@ -279,6 +279,7 @@ def measure(args: argparse.Namespace) -> None:
 def warm(args: argparse.Namespace) -> None:
     """Fill the embedding cache for the largest slice (timed: the encode rate of each encoder)."""
     from retr import ENCODERS, iter_corpus
+    from retr.retriever.cache import flush_caches
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -289,6 +290,7 @@ def warm(args: argparse.Namespace) -> None:
         encoder = ENCODERS.create(encoder_spec(family, args.model))
         start = time.perf_counter()
         encoder.encode_documents(texts)
+        flush_caches()  # the builds in other processes read it
         seconds = time.perf_counter() - start
         record = {"type": f"encode-{family}", "size": len(texts), "seconds": seconds, "docs_per_s": len(texts) / seconds,
                   "machine": machine()}

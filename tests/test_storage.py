@@ -201,7 +201,9 @@ def test_cached_vectors_read_back_leave_no_mapped_pages(tmp_path):
 
     data = np.random.default_rng(3).standard_normal((1 << 14, 1024)).astype(np.float32)  # 64 MiB
     texts = [f"text {i}" for i in range(len(data))]
-    EmbeddingCache("k", tmp_path).encode(texts, lambda batch: data[[int(t.split()[1]) for t in batch]])
+    first = EmbeddingCache("k", tmp_path)
+    first.encode(texts, lambda batch: data[[int(t.split()[1]) for t in batch]])
+    first.flush()  # its shards in place, as when its process exits
     cache = EmbeddingCache("k", tmp_path)  # a new process's view: every row read through the shards' maps
     before = _rss_file_kib()
     again = cache.encode(texts, lambda batch: pytest.fail("re-encoded a cached text"))

@@ -3,9 +3,11 @@
 Each encoder (model + settings + role) gets a folder of shards. A shard is a folder of three
 ``.npy`` files (text hashes, row offsets, rows) written under a temporary name and renamed
 into place, so an interrupted encoding keeps every shard it finished and a re-run encodes
-only what is missing. Shards are memory-mapped; the hashes of all shards are indexed once
-per process (24 bytes a text), so a build that asks for its texts a chunk at a time reads
-only the rows it needs and never holds the whole cache.
+only what is missing. A shard is written by a background thread while the next chunk encodes
+(one write in flight; its encodings are served from memory until the files are in place, and
+the process waits for it at exit). Shards are memory-mapped; the hashes of all shards are
+indexed once per process (24 bytes a text), so a build that asks for its texts a chunk at a
+time reads only the rows it needs and never holds the whole cache.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import os
 import shutil
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from retr.errors import RetrError
 from retr.hashindex import HashIndex, hash_keys
 from retr.progress import progress_bar
 from retr.storage import load_array, release_pages, save_array
@@ -28,6 +32,15 @@ SHIFT = 32  # a cached text's location: shard number << SHIFT | row in the shard
 QUERY_MIN_WRITE = 32  # query batches smaller than this are encoded without being stored
 _OPEN: dict[tuple[str, str], "EmbeddingCache"] = {}
 _LOCK = threading.Lock()
+_WRITER: ThreadPoolExecutor | None = None  # one thread writes every cache's shards; joined at interpreter exit
+
+
+def _writer() -> ThreadPoolExecutor:
+    global _WRITER
+    with _LOCK:
+        if _WRITER is None:
+            _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retr-cache-writer")
+        return _WRITER
 
 
 def cache_root() -> Path | None:
@@ -36,6 +49,12 @@ def cache_root() -> Path | None:
     if value and value.lower() in ("0", "off", "none", "false"):
         return None
     return Path(value) if value else Path.home() / ".cache" / "retr"
+
+
+def flush_caches() -> None:
+    """Wait until every shard write queued so far is in place (another process may then read them)."""
+    if _WRITER is not None:
+        _WRITER.submit(lambda: None).result()
 
 
 def open_cache(key: str, role: str = "d") -> "EmbeddingCache":
@@ -63,10 +82,11 @@ class EmbeddingCache:
     def __init__(self, key: str, root: Path | None = None, min_write: int = 1) -> None:
         self.folder = None if root is None else root / "embeddings" / key
         self.min_write = min_write
-        self._shards: list[tuple[np.ndarray, np.ndarray]] = []  # (offsets, rows), memory-mapped
+        self._shards: list[tuple[np.ndarray, np.ndarray]] = []  # (offsets, rows): mapped, in memory while written
         self._where = HashIndex()  # text hash -> shard << SHIFT | row
         self._loaded = False
         self._lock = threading.Lock()
+        self._pending: Future | None = None  # the shard write in flight
 
     def _load(self) -> None:
         if self._loaded:
@@ -138,23 +158,37 @@ class EmbeddingCache:
             for _, rows in self._shards:
                 release_pages(rows)
 
+    def flush(self) -> None:
+        """Wait for the shard write in flight (its files are in place when this returns)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def _write(self, keys: np.ndarray, matrices: list[np.ndarray]) -> None:
+        """Serve the new encodings from memory at once and write them as a shard in the background."""
         if self.folder is None or len(matrices) < self.min_write:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
+        np.cumsum([len(m) for m in matrices], out=offsets[1:])
+        rows = np.concatenate(matrices)  # a copy: the caller's arrays are its own to change
+        self.flush()  # one write in flight: memory holds at most two chunks' encodings
+        with self._lock:
+            self._index(np.asarray(keys), offsets, rows)
+            shard = len(self._shards) - 1
+        self._pending = _writer().submit(self._store, shard, keys, offsets, rows)
+
+    def _store(self, shard: int, keys: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+        """Write a shard's files under a temporary name, rename it into place and serve it from the maps."""
         name = uuid.uuid4().hex
         tmp = self.folder / f".{name}.tmp"
-        tmp.mkdir()
         try:
-            offsets = np.zeros(len(matrices) + 1, dtype=np.int64)
-            np.cumsum([len(m) for m in matrices], out=offsets[1:])
-            save_array(tmp / "keys.npy", keys)
-            save_array(tmp / "offsets.npy", offsets)
-            save_array(tmp / "rows.npy", np.concatenate(matrices))
+            tmp.mkdir(parents=True)
+            for file, array in zip(SHARD_FILES, (keys, offsets, rows)):
+                save_array(tmp / file, array)
             os.rename(tmp, self.folder / name)
-        except OSError:
+            mapped = load_array(self.folder / name / SHARD_FILES[2])
+        except (OSError, RetrError):
             shutil.rmtree(tmp, ignore_errors=True)
-            return  # a cache that cannot be written is only slower
+            return  # a cache that cannot be written is only slower; this process keeps serving it from memory
         with self._lock:
-            if self._loaded:
-                self._index(keys, *(load_array(self.folder / name / f) for f in SHARD_FILES[1:]))
+            self._shards[shard] = (offsets, mapped)

@@ -20,6 +20,7 @@ from retr.eval.datasets import CHECK_BLOCK, Document, IdSet
 from retr.progress import progress_bar
 from retr.protocols import Encoder, Index
 from retr.registry import ENCODERS, INDEXES, Spec, create_index
+from retr.retriever.cache import flush_caches
 from retr.scoring.device import check_device
 from retr.segments import (
     SEGMENT, STAGING_PREFIX, LiveIds, Segment, Segments, Strings, clean, generation_manifest, read_tombstones,
@@ -172,6 +173,7 @@ def _build_segment(corpus: Iterable[Document | dict | str], encoder: Encoder, in
         for start, reps in zip(range(0, n, chunk_size), prefetch(chunks)):
             index.add(reps)
             bar.update(min(chunk_size, n - start))
+    flush_caches()  # the encodings on disk before the build returns: a build in another process reuses them
     docstore = Docstore(ids.finish(), texts.finish() if store_text else None)
     if directory is not None:
         shutil.rmtree(folder(SCRATCH_DIR))
