@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import to_host, token_counter, tokenized_batches
+from retr.retriever.batching import pad_rows, to_host, token_ids, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -315,17 +315,17 @@ class ColBERTEncoder:
 
     def _tokenize(self, texts: Sequence[str], query: bool) -> tuple[Any, Any]:
         """Input ids and attention mask, marker inserted after [CLS], queries padded with [MASK]."""
+        return self._features(token_ids(self.loaded.tokenizer, self._room(query))(list(texts)), query)
+
+    def _features(self, rows: Sequence[Sequence[int]], query: bool) -> tuple[Any, Any]:
+        """``_tokenize`` from the texts' token ids (special tokens added, truncated, unpadded)."""
         import torch
 
         loaded, eff = self.loaded, self._effective
         marker_id = eff["query_marker_id" if query else "doc_marker_id"]
         augment = query and eff["query_length"] > 0
-        room = self._room(query)
-        enc = loaded.tokenizer(
-            list(texts), add_special_tokens=True, truncation=True, max_length=room,
-            padding="max_length" if augment else "longest", return_tensors="pt",
-        )
-        ids, mask = enc["input_ids"], enc["attention_mask"]
+        width = self._room(query) if augment else max(map(len, rows))
+        ids, mask = (torch.from_numpy(a) for a in pad_rows(rows, width, loaded.tokenizer.pad_token_id or 0))
         if marker_id is not None:
             column = torch.full((len(ids), 1), marker_id, dtype=ids.dtype)
             ids = torch.cat([ids[:, :1], column, ids[:, 1:]], dim=1)
@@ -343,11 +343,15 @@ class ColBERTEncoder:
         loaded, eff = self.loaded, self._effective
         keep_all = query and eff["query_length"] > 0
         skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]), device=loaded.device)
-        count = token_counter(loaded.tokenizer, self._room(query))
         out: list[np.ndarray | None] = [None] * len(texts)
+        rows: list[list[int]] = []  # the texts' token ids, tokenized once to count them
 
-        def tokenize(batch: list[str]) -> dict[str, Any]:
-            ids, mask = self._tokenize(batch, query)
+        def count(window: list[str]) -> np.ndarray:
+            rows.extend(token_ids(loaded.tokenizer, self._room(query))(window))
+            return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+
+        def tokenize(batch: np.ndarray) -> dict[str, Any]:
+            ids, mask = self._features([rows[i] for i in batch], query)
             return {"input_ids": ids, "attention_mask": mask}
 
         def finish(batch: np.ndarray, copied: Any) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import token_counter, tokenized_batches
+from retr.retriever.batching import pad_rows, token_ids, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -65,6 +65,9 @@ class DenseEncoder:
         self.query_prefix, self.doc_prefix, self.device = query_prefix, doc_prefix, device
         self._resolved = resolve_model(model)
         self._st: Any = None
+        self._padded: bool | None = None  # batches padded from token ids give the model's own features (first batch)
+        self._extra: dict[str, Any] = {}  # the features' non-tensor entries (sentence-transformers' modality)
+        self._keys: list[str] = []  # the features' tensors
         self._dim: int | None = None  # known from the first encodings: a build read from the cache loads no model
 
     def config(self) -> dict[str, Any]:
@@ -115,11 +118,9 @@ class DenseEncoder:
         import torch
 
         st = self.st
-        tokenizer = getattr(st, "tokenizer", None)  # a Hugging Face tokenizer, unless the model brings its own kind
-        count = token_counter(tokenizer, st.max_seq_length) if callable(tokenizer) else None
         done = []
         with torch.inference_mode():
-            for batch, features in tokenized_batches(texts, self.batch_size, features_of(st), st.device, count):
+            for batch, features in self._batches(texts):
                 vectors = st.forward(features)["sentence_embedding"]
                 if self.normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -128,6 +129,48 @@ class DenseEncoder:
         for batch, vectors in done:
             out[batch] = vectors.cpu().numpy()
         return out
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        """(positions, the model's features on its device) per batch.
+
+        With a Hugging Face tokenizer the texts are tokenized once, by its Rust backend, and each batch is
+        padded from the ids: the model's own ``preprocess`` spends most of its time in Python, which on a
+        GPU leaves the model waiting for its input. The padded features are compared with ``preprocess``'s
+        on the first batch, and ``preprocess`` serves every batch where they differ (a model with prompts
+        or its own kind of inputs).
+        """
+        import torch
+
+        st = self.st
+        preprocess = features_of(st)
+        tokenizer = getattr(st, "tokenizer", None)
+        if not callable(tokenizer):  # the model's own kind of tokenizer: batches ordered by characters
+            return tokenized_batches(texts, self.batch_size, lambda batch: preprocess([texts[i] for i in batch]),
+                                     st.device, lambda window: np.fromiter(map(len, window), dtype=np.int64))
+        rows: list[list[int]] = []
+
+        def count(window: list[str]) -> np.ndarray:
+            rows.extend(token_ids(tokenizer, st.max_seq_length)(window))
+            return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+
+        def tokenize(batch: np.ndarray) -> dict[str, Any]:
+            if self._padded is False:
+                return preprocess([texts[i] for i in batch])
+            picked = [rows[i] for i in batch]
+            padded = pad_rows(picked, max(map(len, picked)), tokenizer.pad_token_id or 0)
+            ids, mask = (torch.from_numpy(a) for a in padded)
+            built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+            if self._padded is None:
+                reference = preprocess([texts[i] for i in batch])
+                self._padded = all(not hasattr(v, "shape") or (k in built and torch.equal(built[k], v))
+                                   for k, v in reference.items())
+                self._extra = {k: v for k, v in reference.items() if not hasattr(v, "shape")}
+                self._keys = [k for k, v in reference.items() if hasattr(v, "shape")]
+                if not self._padded:
+                    return reference
+            return {**{k: built[k] for k in self._keys}, **self._extra}
+
+        return tokenized_batches(texts, self.batch_size, tokenize, st.device, count)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         texts = [self.doc_prefix + t for t in texts]

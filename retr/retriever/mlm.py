@@ -11,8 +11,10 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from retr.errors import RetrError
-from retr.retriever.batching import token_counter, tokenized_batches
+from retr.retriever.batching import pad_rows, token_ids, tokenized_batches
 from retr.retriever.models import quiet_model_libraries
 
 
@@ -69,11 +71,17 @@ def vocab_logits(
     """
     import torch
 
-    def tokenize(batch: list[str]) -> dict[str, Any]:
-        return dict(mlm.tokenizer(batch, truncation=True, max_length=max_length, padding="longest",
-                                  return_tensors="pt"))
+    rows: list[list[int]] = []  # the texts' token ids, tokenized once to count them
 
-    count = token_counter(mlm.tokenizer, max_length)
+    def count(texts: list[str]) -> np.ndarray:
+        rows.extend(token_ids(mlm.tokenizer, max_length)(texts))
+        return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+
+    def tokenize(batch: np.ndarray) -> dict[str, Any]:
+        picked = [rows[i] for i in batch]
+        ids, mask = pad_rows(picked, max(map(len, picked)), mlm.tokenizer.pad_token_id or 0)
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+
     for batch, enc in tokenized_batches(texts, batch_size, tokenize, mlm.device, count):
         with torch.inference_mode():
             logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retr.retriever.batching import cut_batches, length_order, token_counter, tokenized_batches
+from retr.retriever.batching import cut_batches, length_order, pad_rows, token_counter, token_ids, tokenized_batches
 from retr.retriever.models import resolve_model
 from tests.conftest import MODEL
 
@@ -48,7 +48,8 @@ def test_batches_carry_their_positions_through_the_thread(cranfield, tokenizer):
     texts = [d.content for d in cranfield.corpus[:300]]
 
     def tokenize(batch):
-        return dict(tokenizer(batch, padding="longest", truncation=True, max_length=256, return_tensors="pt"))
+        return dict(tokenizer([texts[i] for i in batch], padding="longest", truncation=True, max_length=256,
+                              return_tensors="pt"))
 
     seen = []
     for batch, features in tokenized_batches(texts, 32, tokenize, "cpu", token_counter(tokenizer, 256)):
@@ -68,5 +69,41 @@ def test_dense_encodings_equal_sentence_transformers(cranfield):
     texts = [d.content for d in cranfield.corpus[:400]]
     want = SentenceTransformer(resolve_model(MODEL), device="cpu").encode(
         texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    got = DenseEncoder(MODEL, batch_size=32)._encode(texts)
-    assert np.abs(got - want).max() < 1e-5
+    encoder = DenseEncoder(MODEL, batch_size=32)
+    got = encoder._encode(texts)
+    assert np.abs(got - want).max() < 1e-5 and encoder._padded is True
+
+
+def test_token_ids_and_padding_equal_the_tokenizers_own_call(cranfield, tokenizer):
+    texts = [d.content for d in cranfield.corpus[:200]] + ["", "  spaced   out  ", "naïve café — ünïcödé"]
+    for max_length in (8, 64, 512):
+        want = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
+        rows = token_ids(tokenizer, max_length)(texts)
+        ids, mask = pad_rows(rows, max(map(len, rows)), tokenizer.pad_token_id)
+        assert np.array_equal(ids, want["input_ids"]) and np.array_equal(mask, want["attention_mask"])
+        assert np.array_equal(token_counter(tokenizer, max_length)(texts), mask.sum(1))
+    # the backend's settings changed under it: the tokenizer's own next call still pads and truncates as asked
+    again = tokenizer(texts[:3], truncation=True, max_length=16, padding="max_length")
+    assert all(len(row) == 16 for row in again["input_ids"])
+
+
+def test_dense_batches_padded_from_ids_or_the_models_own_features(cranfield, monkeypatch):
+    import torch
+
+    from retr.retriever.dense import DenseEncoder
+
+    texts = [d.content for d in cranfield.corpus[:300]]
+    fast = DenseEncoder(MODEL, batch_size=16)
+    vectors = fast._encode(texts)
+    assert fast._padded is True  # MiniLM's features are exactly the padded ids
+    own = DenseEncoder(MODEL, batch_size=16)
+    preprocess = own.st.preprocess
+
+    def with_extra(batch):  # a model whose features hold more than ids and masks (a prompt length, say)
+        features = preprocess(batch)
+        return {**features, "prompt_length": torch.zeros(len(batch), dtype=torch.long)}
+
+    monkeypatch.setattr(own.st, "preprocess", with_extra)
+    monkeypatch.setattr(own.st, "forward", lambda features: {"sentence_embedding": type(own.st).forward(
+        own.st, {k: v for k, v in features.items() if k != "prompt_length"})["sentence_embedding"]})
+    assert np.abs(own._encode(texts) - vectors).max() < 1e-5 and own._padded is False
