@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--cache", default="", help="an empty embedding cache the float32 runs fill and keep")
     parser.add_argument("--work", default="runs/encoding")
     parser.add_argument("--json", default="runs/encoding.json")
+    parser.add_argument("--note", default="", help="a note written into every record of this run")
     parser.add_argument("--report", nargs="*")
     args = parser.parse_args()
     if args.report:
@@ -114,6 +115,8 @@ def main() -> None:
 
     def emit(record: dict[str, Any]) -> None:
         record["machine"] = machine()
+        if args.note:
+            record["note"] = args.note
         print(json.dumps(record), flush=True)
         with open(args.json, "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -156,10 +159,10 @@ def report(paths: list[str]) -> None:
     records = read_records(paths)
     rows = [[r["encoder"], r["system"], f"{r['docs']:,}", f"{r['seconds']:.1f}", f"{r['docs'] / r['seconds']:,.0f}",
              f"{r['ratio']:.2f}×" if "ratio" in r else "baseline",
-             machine_label(r["machine"])]
+             machine_label(r["machine"]), r.get("note", "")]
             for r in records]
     write_results("encoding", "Encoding throughput: retr index against the library underneath", [md_table(
-        ["encoder", "system", "documents", "seconds", "docs/s", "throughput vs baseline", "machine"], rows)],
+        ["encoder", "system", "documents", "seconds", "docs/s", "throughput vs baseline", "machine", "note"], rows)],
         os.getloadavg()[0], RENDERED)
 
 
