@@ -1,15 +1,14 @@
-"""Batches cut by token count, tokenized ahead in a thread: the input side every transformer encoder shares.
+"""Batches cut by token count, prepared ahead in a thread: the input side every transformer encoder shares.
 
-A batch is padded to its longest text, so what a model computes is (texts x longest). Texts are
-ordered by their token count (the model's own tokenizer, counted once, without padding) and cut
-into batches of at most ``batch_size`` texts and at most ``batch_size`` x the mean count padded
-tokens: short texts go many to a batch, long ones few, and almost nothing is padding. Ordering
-by characters instead, as sentence-transformers does, pads about two tokens of every three on
-short web texts (pypi-summaries: 31% of the computed tokens are real), since characters per
-token vary with the text. The tokenizer (Hugging Face's fast tokenizers release the GIL) runs
-one or two batches ahead of the model in a background thread, and on a GPU its tensors are
-pinned so the copy to the device is asynchronous.
-"""
+A batch is padded to its longest text, so what a model computes is (texts x longest). Each text is
+tokenized once, by the tokenizer's Rust backend (every core, without the GIL), the texts are ordered
+by token count and cut into batches of at most ``batch_size`` texts and at most ``batch_size`` x the
+mean count padded tokens (short texts go many to a batch, long ones few), and each batch is padded
+from the ids. Ordering by characters instead, as sentence-transformers does, computes about three
+tokens for every real one on short web texts (pypi-summaries: 31% of the computed tokens are real),
+since characters per token vary with the text; and a tokenizer call per batch spends most of its time
+in Python. Batches are prepared one or two ahead of the model in a background thread, and on a GPU
+their tensors are pinned so the copy to the device is asynchronous."""
 
 from __future__ import annotations
 
@@ -24,8 +23,9 @@ AHEAD = 2  # batches tokenized ahead of the model
 
 
 def _backend(tokenizer: Any, max_length: int) -> Callable[[list[str]], list] | None:
-    """A fast tokenizer's Rust batch call (every core, without the GIL), set to add special tokens and truncate
-    at ``max_length`` without padding; None for a tokenizer without a Rust backend."""
+    """A fast tokenizer's Rust batch call (every core, without the GIL, no token ids copied into Python until
+    asked for), set to add special tokens and truncate at ``max_length`` without padding; None for a tokenizer
+    without a Rust backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -37,18 +37,6 @@ def _backend(tokenizer: Any, max_length: int) -> Callable[[list[str]], list] | N
         return encode(texts)
 
     return call
-
-
-def token_counter(tokenizer: Any, max_length: int) -> Callable[[list[str]], np.ndarray]:
-    """Token counts of texts (special tokens included, at most ``max_length``) with a Hugging Face tokenizer.
-
-    The Rust backend counts them and no token ids are copied into Python, so the count costs a fraction
-    of tokenizing the batches.
-    """
-    backend = _backend(tokenizer, max_length)
-    if backend is None:
-        return lambda texts: np.fromiter(map(len, token_ids(tokenizer, max_length)(texts)), dtype=np.int64)
-    return lambda texts: np.fromiter(map(len, backend(texts)), dtype=np.int64, count=len(texts))
 
 
 def token_ids(tokenizer: Any, max_length: int) -> Callable[[list[str]], list[list[int]]]:
@@ -96,8 +84,8 @@ def tokenized_batches(
 ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """(positions in ``texts``, ``tokenize(positions)`` already on ``device``) per batch, longest texts first.
 
-    ``count`` gives all the texts' token counts (``token_counter``), once, in the thread: an encoder
-    that tokenizes there (``token_ids``) can keep the ids and pad each batch from them.
+    ``count`` gives all the texts' token counts, once, in the thread (``id_batches`` tokenizes them there
+    and pads each batch from the ids).
     """
     pin = str(device).startswith("cuda")
 
@@ -110,6 +98,21 @@ def tokenized_batches(
 
     for batch, features in prefetch(produce(), depth=AHEAD):
         yield batch, {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in features.items()}
+
+
+def id_batches(
+    texts: Sequence[str], batch_size: int, tokenizer: Any, max_length: int,
+    features: Callable[[list[list[int]], np.ndarray], dict[str, Any]], device: Any,
+) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """``tokenized_batches`` with each text tokenized once (``token_ids``): ``features(ids of the batch's texts,
+    their positions)`` makes a batch's model inputs, padded from the ids (``pad_rows``)."""
+    rows: list[list[int]] = []
+
+    def count(window: list[str]) -> np.ndarray:
+        rows.extend(token_ids(tokenizer, max_length)(window))
+        return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+
+    return tokenized_batches(texts, batch_size, lambda batch: features([rows[i] for i in batch], batch), device, count)
 
 
 def to_host(*tensors: Any) -> Callable[[], list[np.ndarray]]:

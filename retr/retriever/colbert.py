@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import pad_rows, to_host, token_ids, tokenized_batches
+from retr.retriever.batching import id_batches, pad_rows, to_host
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -313,12 +313,9 @@ class ColBERTEncoder:
         length = min(length or eff["max_length"], eff["max_length"])
         return length - (1 if eff["query_marker_id" if query else "doc_marker_id"] is not None else 0)
 
-    def _tokenize(self, texts: Sequence[str], query: bool) -> tuple[Any, Any]:
-        """Input ids and attention mask, marker inserted after [CLS], queries padded with [MASK]."""
-        return self._features(token_ids(self.loaded.tokenizer, self._room(query))(list(texts)), query)
-
-    def _features(self, rows: Sequence[Sequence[int]], query: bool) -> tuple[Any, Any]:
-        """``_tokenize`` from the texts' token ids (special tokens added, truncated, unpadded)."""
+    def _inputs(self, rows: Sequence[Sequence[int]], query: bool) -> tuple[Any, Any]:
+        """Input ids and attention mask from the texts' token ids (``token_ids`` at ``_room``): marker inserted
+        after [CLS], queries padded with [MASK]."""
         import torch
 
         loaded, eff = self.loaded, self._effective
@@ -344,15 +341,9 @@ class ColBERTEncoder:
         keep_all = query and eff["query_length"] > 0
         skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]), device=loaded.device)
         out: list[np.ndarray | None] = [None] * len(texts)
-        rows: list[list[int]] = []  # the texts' token ids, tokenized once to count them
 
-        def count(window: list[str]) -> np.ndarray:
-            rows.extend(token_ids(loaded.tokenizer, self._room(query))(window))
-            return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-
-        def tokenize(batch: np.ndarray) -> dict[str, Any]:
-            ids, mask = self._features([rows[i] for i in batch], query)
-            return {"input_ids": ids, "attention_mask": mask}
+        def features(rows: list[list[int]], batch: np.ndarray) -> dict[str, Any]:
+            return dict(zip(("input_ids", "attention_mask"), self._inputs(rows, query)))
 
         def finish(batch: np.ndarray, copied: Any) -> None:
             hidden, keep = copied()
@@ -362,8 +353,9 @@ class ColBERTEncoder:
 
         pending = None
         with torch.inference_mode():
-            for batch, features in tokenized_batches(texts, self.batch_size, tokenize, loaded.device, count):
-                ids, mask = features["input_ids"], features["attention_mask"]
+            for batch, inputs in id_batches(texts, self.batch_size, loaded.tokenizer, self._room(query), features,
+                                            loaded.device):
+                ids, mask = inputs["input_ids"], inputs["attention_mask"]
                 hidden = loaded.backbone(input_ids=ids, attention_mask=mask)[0].float()
                 if loaded.weight is not None:
                     hidden = torch.nn.functional.linear(hidden, loaded.weight, loaded.bias)

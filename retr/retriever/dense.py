@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import pad_rows, token_ids, tokenized_batches
+from retr.retriever.batching import id_batches, pad_rows, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
 
@@ -147,17 +147,10 @@ class DenseEncoder:
         if not callable(tokenizer):  # the model's own kind of tokenizer: batches ordered by characters
             return tokenized_batches(texts, self.batch_size, lambda batch: preprocess([texts[i] for i in batch]),
                                      st.device, lambda window: np.fromiter(map(len, window), dtype=np.int64))
-        rows: list[list[int]] = []
-
-        def count(window: list[str]) -> np.ndarray:
-            rows.extend(token_ids(tokenizer, st.max_seq_length)(window))
-            return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-
-        def tokenize(batch: np.ndarray) -> dict[str, Any]:
+        def features(rows: list[list[int]], batch: np.ndarray) -> dict[str, Any]:
             if self._padded is False:
                 return preprocess([texts[i] for i in batch])
-            picked = [rows[i] for i in batch]
-            padded = pad_rows(picked, max(map(len, picked)), tokenizer.pad_token_id or 0)
+            padded = pad_rows(rows, max(map(len, rows)), tokenizer.pad_token_id or 0)
             ids, mask = (torch.from_numpy(a) for a in padded)
             built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
             if self._padded is None:
@@ -170,7 +163,7 @@ class DenseEncoder:
                     return reference
             return {**{k: built[k] for k in self._keys}, **self._extra}
 
-        return tokenized_batches(texts, self.batch_size, tokenize, st.device, count)
+        return id_batches(texts, self.batch_size, tokenizer, st.max_seq_length, features, st.device)
 
     def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
         texts = [self.doc_prefix + t for t in texts]

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from retr.errors import RetrError
-from retr.retriever.batching import pad_rows, token_ids, tokenized_batches
+from retr.retriever.batching import id_batches, pad_rows
 from retr.retriever.models import quiet_model_libraries
 
 
@@ -71,18 +71,11 @@ def vocab_logits(
     """
     import torch
 
-    rows: list[list[int]] = []  # the texts' token ids, tokenized once to count them
-
-    def count(texts: list[str]) -> np.ndarray:
-        rows.extend(token_ids(mlm.tokenizer, max_length)(texts))
-        return np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-
-    def tokenize(batch: np.ndarray) -> dict[str, Any]:
-        picked = [rows[i] for i in batch]
-        ids, mask = pad_rows(picked, max(map(len, picked)), mlm.tokenizer.pad_token_id or 0)
+    def features(rows: list[list[int]], batch: np.ndarray) -> dict[str, Any]:
+        ids, mask = pad_rows(rows, max(map(len, rows)), mlm.tokenizer.pad_token_id or 0)
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
-    for batch, enc in tokenized_batches(texts, batch_size, tokenize, mlm.device, count):
+    for batch, enc in id_batches(texts, batch_size, mlm.tokenizer, max_length, features, mlm.device):
         with torch.inference_mode():
             logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             yield batch.tolist(), logits, enc["attention_mask"].bool()

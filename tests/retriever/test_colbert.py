@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from retr import ENCODERS, RetrError, Retriever, evaluate_run, open_index
+from retr.retriever.batching import token_ids
 from retr.retriever.colbert import ColBERTEncoder
 from retr.retriever.models import resolve_model
 from retr.retriever.spec import parse_pair
@@ -55,7 +56,8 @@ def test_queries_have_query_length_unit_rows_with_marker_and_masks(colbert, piec
     vectors = encoder.encode_queries(list(piece[1].values()))
     assert all(v.shape == (32, 384) and v.dtype == np.float32 for v in vectors)
     np.testing.assert_allclose(np.linalg.norm(np.concatenate(vectors), axis=1), 1.0, atol=1e-5)
-    ids, mask = encoder._tokenize(["what is a slipstream?"], query=True)
+    rows = token_ids(encoder.loaded.tokenizer, encoder._room(True))(["what is a slipstream?"])
+    ids, mask = encoder._inputs(rows, True)
     tokens = encoder.loaded.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     assert tokens[:9] == ["[CLS]", "[unused0]", "what", "is", "a", "slips", "##tream", "?", "[SEP]"]
     assert tokens[9:] == ["[MASK]"] * 23 and mask[0].tolist() == [1] * 9 + [0] * 23
