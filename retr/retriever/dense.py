@@ -147,6 +147,7 @@ class DenseEncoder:
         if not callable(tokenizer):  # the model's own kind of tokenizer: batches ordered by characters
             return tokenized_batches(texts, self.batch_size, lambda batch: preprocess([texts[i] for i in batch]),
                                      st.device, lambda window: np.fromiter(map(len, window), dtype=np.int64))
+
         def features(rows: list[list[int]], batch: np.ndarray) -> dict[str, Any]:
             if self._padded is False:
                 return preprocess([texts[i] for i in batch])
