@@ -120,7 +120,8 @@ class EmbeddingCache:
 
         ``encode`` returns an (n, dim) array, or with ``ragged`` a list of (rows, dim)
         arrays; the result has the same form. Missing texts are encoded ``chunk`` at a time,
-        each chunk written as one shard, so an interruption loses at most one chunk.
+        each chunk written as one shard (in the background), so an interruption loses at most two chunks:
+        the one being written and the one encoding.
         """
         keys = hash_keys(texts)
         with self._lock:
