@@ -66,8 +66,7 @@ class DenseEncoder:
         self._resolved = resolve_model(model)
         self._st: Any = None
         self._padded: bool | None = None  # batches padded from token ids give the model's own features (first batch)
-        self._extra: dict[str, Any] = {}  # the features' non-tensor entries (sentence-transformers' modality)
-        self._keys: list[str] = []  # the features' tensors
+        self._layout: dict[str, Any] = {}  # the model's features: None for a tensor, else the value (its modality)
         self._dim: int | None = None  # known from the first encodings: a build read from the cache loads no model
 
     def config(self) -> dict[str, Any]:
@@ -158,11 +157,10 @@ class DenseEncoder:
                 reference = preprocess([texts[i] for i in batch])
                 self._padded = all(not hasattr(v, "shape") or (k in built and torch.equal(built[k], v))
                                    for k, v in reference.items())
-                self._extra = {k: v for k, v in reference.items() if not hasattr(v, "shape")}
-                self._keys = [k for k, v in reference.items() if hasattr(v, "shape")]
+                self._layout = {k: None if hasattr(v, "shape") else v for k, v in reference.items()}
                 if not self._padded:
                     return reference
-            return {**{k: built[k] for k in self._keys}, **self._extra}
+            return {k: built[k] if v is None else v for k, v in self._layout.items()}
 
         return id_batches(texts, self.batch_size, tokenizer, st.max_seq_length, features, st.device)
 
