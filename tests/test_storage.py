@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from retr import RetrError
-from retr.storage import (StringArray, atomic_directory, load_array, memory_map_of, read_manifest, release_pages,
-                          save_array, write_manifest)
+from retr import storage
+from retr.storage import (StringArray, atomic_directory, checksum, load_array, memory_map_of, piece_checksums,
+                          read_manifest, release_pages, save_array, write_manifest)
 
 
 def _index_dir(root, name="idx"):
@@ -31,6 +32,33 @@ def test_corruption_is_caught_on_open(tmp_path):
     with pytest.raises(RetrError, match="checksum"):
         read_manifest(target)
     read_manifest(target, verify=False)  # same size: only the checksum can tell
+
+
+def test_piece_checksums_cover_every_byte_and_old_manifests_still_verify(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setattr(storage, "PIECE_BYTES", 1000)  # the 4,128-byte file is five pieces, the last one short
+    target = _index_dir(tmp_path)
+    data = (target / "a.npy").read_bytes()
+    pieces = b"".join(hashlib.blake2b(data[s : s + 1000], digest_size=16).digest() for s in range(0, len(data), 1000))
+    entry = json.loads((target / "manifest.json").read_text())["files"]["a.npy"]
+    assert entry == {"bytes": len(data), "blake2b": hashlib.blake2b(pieces, digest_size=16).hexdigest(),
+                     "piece_bytes": 1000}
+    assert piece_checksums([target / "a.npy"] * 2, 1000) == [entry["blake2b"]] * 2
+    for at in (0, 1500, len(data) - 1):  # a flipped byte in the first, a middle and the last piece
+        changed = bytearray(data)
+        changed[at] ^= 0xFF
+        (target / "a.npy").write_bytes(bytes(changed))
+        with pytest.raises(RetrError, match="checksum"):
+            read_manifest(target)
+    (target / "a.npy").write_bytes(data)
+    manifest = json.loads((target / "manifest.json").read_text())  # a manifest written before pieces: in order
+    manifest["files"]["a.npy"] = {"bytes": len(data), "blake2b": checksum(target / "a.npy")}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    read_manifest(target)
+    (target / "a.npy").write_bytes(bytes(changed))
+    with pytest.raises(RetrError, match="checksum"):
+        read_manifest(target)
 
 
 def test_truncation_and_missing_files_are_caught(tmp_path):

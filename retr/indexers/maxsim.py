@@ -49,6 +49,17 @@ def as_token_matrices(reps: Any, dim: int | None, what: str, finite: bool = True
     return out
 
 
+def check_documents(rows: np.ndarray, lengths: np.ndarray, what: str) -> None:
+    """A clear error naming the first document whose rows (``rows``: the documents' token rows concatenated,
+    ``lengths`` rows each) hold NaN or infinity: one check of the whole block, not one call per document."""
+    try:
+        check_finite(rows, what)
+    except RetrError:
+        row = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        item = int(np.searchsorted(np.cumsum(lengths), row, side="right"))
+        raise RetrError(f"{what}: item {item}: vectors contain NaN or infinity") from None
+
+
 def stack_tokens(docs: list[np.ndarray], block: int = 4096, dtype: type = np.float32, what: str = "") -> np.ndarray:
     """The documents' token rows as one (tokens, dim) matrix of ``dtype``, copied ``block`` documents at a time.
 
@@ -106,11 +117,15 @@ class TokenStore:
         self.offsets = GrowingArray(np.int64, (), directory / OFFSETS_FILE)
         self.offsets.append(np.zeros(1, dtype=np.int64))
 
-    def add(self, docs: list[np.ndarray]) -> None:
+    def add(self, docs: list[np.ndarray], what: str = "") -> None:
+        """Append documents' token matrices; with ``what``, they are checked for NaN and infinity first."""
         if not docs:
             return
         lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        self.tokens.append(np.concatenate(docs).astype(self.dtype))
+        rows = np.concatenate(docs)
+        if what:
+            check_documents(rows, lengths, what)
+        self.tokens.append(rows)  # cast to the store's dtype by the array (``as_rows``)
         self.offsets.append(self._end + np.cumsum(lengths))
         self._end += int(lengths.sum())
 
@@ -160,8 +175,10 @@ class ExactMultiVectorIndex:
     def use_device(self, device: str) -> None:
         self.device, self._scorer = device, None
 
-    def add(self, reps: Any) -> None:
-        self.store.add(as_token_matrices(reps, self.dim, f"adding to a {self.name} index"))
+    def add(self, reps: Any, what: str = "") -> None:
+        """Add documents' token matrices (checked for NaN and infinity; an error names ``what``, else this index)."""
+        what = what or f"adding to a {self.name} index"
+        self.store.add(as_token_matrices(reps, self.dim, what, finite=False), what)
         self._scorer = None
 
     def scorer(self) -> Any:

@@ -138,8 +138,9 @@ class MuveraIndex:
         return encoded
 
     def add(self, reps: Any) -> None:
-        docs = as_token_matrices(reps, self.dim, f"adding to a {self.name} index")
-        self._store.add(docs)
+        what = f"adding to a {self.name} index"
+        docs = as_token_matrices(reps, self.dim, what, finite=False)
+        self._store.add(docs, what)  # checked there, before anything is added
         self._inner.add(self._encode(docs))
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from retr.errors import RetrError
-from retr.indexers.maxsim import as_token_matrices, stack_tokens
+from retr.indexers.maxsim import as_token_matrices, check_documents, stack_tokens
 from retr.progress import progress_bar
 from retr.quantizers.residual import ResidualQuantizer
 from retr.scoring import TorchTokens
@@ -201,14 +201,16 @@ class PlaidIndex:
         self.device, self._scorer = device, None
 
     def add(self, reps: Any) -> None:
-        docs = as_token_matrices(reps, self.dim, f"adding to a {self.name} index")
+        what = f"adding to a {self.name} index"
+        docs = as_token_matrices(reps, self.dim, what, finite=False)
         if not docs:
             return
+        lengths = np.array([len(d) for d in docs], dtype=np.int64)
+        flat = np.concatenate(docs)
+        check_documents(flat, lengths, what)
         self._scorer = None
         if not self.trained:  # not trained on a sample first: train on these
             self.train(docs, len(docs))
-        lengths = np.array([len(d) for d in docs], dtype=np.int64)
-        flat = np.concatenate(docs)
         codes = self.quantizer.encode(flat) if len(flat) else np.zeros((0, self.quantizer.code_size), np.uint8)
         self._codes.append(codes)
         self._ids.append(self.quantizer.centroid_ids(codes))

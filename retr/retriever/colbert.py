@@ -334,39 +334,42 @@ class ColBERTEncoder:
         return ids, mask
 
     def _encode(self, texts: Sequence[str], query: bool) -> list[np.ndarray]:
-        """Kept token vectors of each text; a batch's rows are copied to the host while the next batch computes."""
+        """Kept token vectors of each text. Which tokens are kept follows from the ids, so it is worked out with the
+        padding, ahead of the model; the rows are picked on the device (only they are projected, normalised and
+        copied back), and a batch's rows are copied to the host while the next batch computes."""
         import torch
 
         loaded, eff = self.loaded, self._effective
         keep_all = query and eff["query_length"] > 0
-        skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]), device=loaded.device)
+        skip = None if query or not eff["skip_ids"] else torch.tensor(sorted(eff["skip_ids"]))
         out: list[np.ndarray | None] = [None] * len(texts)
 
         def features(rows: list[list[int]], batch: np.ndarray) -> dict[str, Any]:
-            return dict(zip(("input_ids", "attention_mask"), self._inputs(rows, query)))
+            ids, mask = self._inputs(rows, query)
+            keep = torch.ones_like(mask, dtype=torch.bool) if keep_all else mask.bool()
+            if skip is not None:
+                keep &= ~torch.isin(ids, skip)
+            return {"input_ids": ids, "attention_mask": mask, "kept": keep.flatten().nonzero().flatten(),
+                    "counts": keep.sum(1).numpy()}
 
-        def finish(batch: np.ndarray, copied: Any) -> None:
-            hidden, keep = copied()
-            rows = hidden[keep]  # kept tokens of every text, in order
-            for i, part in zip(batch, np.split(rows, np.cumsum(keep.sum(1))[:-1])):
+        def finish(batch: np.ndarray, counts: np.ndarray, copied: Any) -> None:
+            (rows,) = copied()  # kept tokens of every text, in order
+            for i, part in zip(batch, np.split(rows, np.cumsum(counts)[:-1])):
                 out[i] = part
 
         pending = None
         with torch.inference_mode():
             for batch, inputs in id_batches(texts, self.batch_size, loaded.tokenizer, self._room(query), features,
                                             loaded.device):
-                ids, mask = inputs["input_ids"], inputs["attention_mask"]
-                hidden = loaded.backbone(input_ids=ids, attention_mask=mask)[0].float()
+                hidden = loaded.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+                rows = hidden.flatten(0, 1).index_select(0, inputs["kept"]).float()
                 if loaded.weight is not None:
-                    hidden = torch.nn.functional.linear(hidden, loaded.weight, loaded.bias)
+                    rows = torch.nn.functional.linear(rows, loaded.weight, loaded.bias)
                 if self.normalize:
-                    hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-                keep = torch.ones_like(mask, dtype=torch.bool) if keep_all else mask.bool()
-                if skip is not None:
-                    keep &= ~torch.isin(ids, skip)
+                    rows = torch.nn.functional.normalize(rows, p=2, dim=-1)
                 if pending is not None:
                     finish(*pending)
-                pending = (batch, to_host(hidden, keep))
+                pending = (batch, inputs["counts"], to_host(rows))
             if pending is not None:
                 finish(*pending)
         return out  # type: ignore[return-value]

@@ -99,6 +99,21 @@ def test_bad_input(tokens):
         index.add([np.full((3, 384), np.nan, np.float32)])
 
 
+@pytest.mark.parametrize("spec", ["maxsim", "plaid:nbits=2,n_centroids=16", "muvera:k_sim=2,d_proj=8,r_reps=2"])
+def test_a_document_with_nan_is_named_and_nothing_is_added(tokens, spec):
+    """The whole block is checked at once; the error names the first bad document and the index is unchanged."""
+    from retr.registry import INDEXES
+
+    docs = tokens[0]
+    index = INDEXES.create(spec)
+    index.add(docs[:20])
+    bad = [np.array(d) for d in docs[20:30]]
+    bad[7][-1, 3] = np.inf
+    with pytest.raises(RetrError, match=r"item 7: vectors contain NaN or infinity"):
+        index.add(bad)
+    assert len(index) == 20
+
+
 def test_float32_tokens_score_without_rounding_and_round_trip(tokens, tmp_path):
     docs, flat, offsets, queries = tokens
     index = INDEXES.create("maxsim:dtype=float32")
