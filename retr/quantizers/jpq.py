@@ -93,11 +93,11 @@ class QueryEncoder:
 
     @classmethod
     def load(cls, directory: Path) -> QueryEncoder:
-        from sentence_transformers import SentenceTransformer
+        from retr.retriever.dense import open_sentence_transformer
 
         if not (Path(directory) / "model.safetensors").is_file():
             raise RetrError(f"{directory} has no model.safetensors: the JPQ query encoder is missing; retrain it")
-        return cls(SentenceTransformer(str(directory), device="cpu"))
+        return cls(open_sentence_transformer(str(directory), "cpu"))
 
 
 def save_jpq_state(index: Any, directory: Path) -> None:
@@ -184,10 +184,9 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     """
     import faiss
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from retr.indexers.quantized import JPQIndex, PQIndex
-    from retr.retriever.dense import features_of
+    from retr.retriever.dense import features_of, open_sentence_transformer
     from retr.retriever.pipeline import Retriever
 
     s = settings or JPQSettings()
@@ -208,7 +207,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     if isinstance(source, JPQIndex) and source.query_encoder is not None:
         model = source.query_encoder.model
     else:
-        model = SentenceTransformer(resolved, device=s.device)
+        model = open_sentence_transformer(resolved, s.device)  # trained in float32
     model.to(s.device)
     freeze_below(model, s.train_layers)
 

@@ -18,22 +18,31 @@ from retr.retriever.models import model_fingerprint, quiet_model_libraries, reso
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-@functools.lru_cache(maxsize=4)
-def load_sentence_transformer(resolved: str, device: str | None, dtype: str = "float32") -> Any:
-    """Load once per process; the same model serves every encoder that names it."""
+def open_sentence_transformer(resolved: str, device: str | None, dtype: str = "float32") -> Any:
+    """A sentence-transformers model computing in ``dtype`` whatever its checkpoint stores: transformers >= 5 loads
+    weights in their stored dtype, so a float16 checkpoint would otherwise compute in float16 under ``float32``."""
     try:
         import torch
+        import transformers
+        from packaging.version import Version
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise RetrError("dense encoders need sentence-transformers: pip install 'retr[dense]'") from None
     quiet_model_libraries()
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     try:
-        model = SentenceTransformer(resolved, device=device)
+        model = SentenceTransformer(resolved, device=device, model_kwargs={key: getattr(torch, dtype)})
     except (OSError, ValueError) as exc:
         raise RetrError(
             f"cannot load model {resolved!r}: {exc}. Give a local model folder or a Hugging Face name"
         ) from None
-    return model.to(getattr(torch, dtype)) if dtype != "float32" else model
+    return model.to(getattr(torch, dtype))  # modules besides the transformer (dense layers) too
+
+
+@functools.lru_cache(maxsize=4)
+def load_sentence_transformer(resolved: str, device: str | None, dtype: str = "float32") -> Any:
+    """Load once per process; the same model serves every encoder that names it."""
+    return open_sentence_transformer(resolved, device, dtype)
 
 
 def features_of(model: Any) -> Any:

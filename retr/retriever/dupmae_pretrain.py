@@ -159,7 +159,7 @@ def pretrain_dupmae(
     resolved = resolve_model(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
-        lm = AutoModelForMaskedLM.from_pretrained(resolved).to(device)
+        lm = AutoModelForMaskedLM.from_pretrained(resolved).to(device=device, dtype=torch.float32)  # trained in float32
     except (OSError, ValueError) as exc:
         raise RetrError(f"cannot load masked-LM model {resolved!r}: {exc}") from None
     if tokenizer.mask_token_id is None:

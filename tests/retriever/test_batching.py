@@ -110,3 +110,21 @@ def test_dense_batches_padded_from_ids_or_the_models_own_features(cranfield, mon
     monkeypatch.setattr(own.st, "forward", lambda features: {"sentence_embedding": type(own.st).forward(
         own.st, {k: v for k, v in features.items() if k != "prompt_length"})["sentence_embedding"]})
     assert np.abs(own._encode(texts) - vectors).max() < 1e-5 and own._padded is False
+
+
+def test_a_float16_checkpoint_computes_in_the_dtype_asked_for(cranfield, tmp_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from retr.retriever.dense import DenseEncoder
+
+    SentenceTransformer(resolve_model(MODEL), device="cpu").half().save(str(tmp_path / "fp16"))
+    texts = [d.content for d in cranfield.corpus[:64]]
+    reference = SentenceTransformer(str(tmp_path / "fp16"), device="cpu").float()  # the stored weights, in float32
+    assert next(SentenceTransformer(str(tmp_path / "fp16"), device="cpu").parameters()).dtype == torch.float16
+    want = reference.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+    encoder = DenseEncoder(str(tmp_path / "fp16"), batch_size=16)
+    assert next(encoder.st.parameters()).dtype == torch.float32
+    assert np.abs(encoder._encode(texts) - want).max() < 1e-5
+    half = DenseEncoder(str(tmp_path / "fp16"), batch_size=16, dtype="float16")
+    assert next(half.st.parameters()).dtype == torch.float16
