@@ -32,7 +32,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.retriever.batching import id_batches, pad_rows, to_host
 from retr.retriever.cache import EmbeddingCache, open_cache
-from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
+from retr.retriever.models import model_fingerprint, model_inference, quiet_model_libraries, resolve_model
 
 DEFAULTS: dict[str, Any] = {
     "query_marker": "[unused0]", "doc_marker": "[unused1]", "query_length": 32, "doc_length": 180,
@@ -358,7 +358,7 @@ class ColBERTEncoder:
                 out[i] = part
 
         pending = None
-        with torch.inference_mode():
+        with model_inference(loaded.device):
             for batch, inputs in id_batches(texts, self.batch_size, loaded.tokenizer, self._room(query), features,
                                             loaded.device):
                 hidden = loaded.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]

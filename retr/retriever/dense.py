@@ -12,7 +12,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.retriever.batching import id_batches, pad_rows, tokenized_batches
 from retr.retriever.cache import EmbeddingCache, open_cache
-from retr.retriever.models import model_fingerprint, quiet_model_libraries, resolve_model
+from retr.retriever.models import model_fingerprint, model_inference, quiet_model_libraries, resolve_model
 
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -127,7 +127,7 @@ class DenseEncoder:
 
         st = self.st
         done = []
-        with torch.inference_mode():
+        with model_inference(st.device):
             for batch, features in self._batches(texts):
                 vectors = st.forward(features)["sentence_embedding"]
                 if self.normalize:

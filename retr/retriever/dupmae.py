@@ -29,7 +29,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.retriever.cache import EmbeddingCache, open_cache
 from retr.retriever.mlm import MaskedLM, load_mlm
-from retr.retriever.models import model_fingerprint, resolve_model
+from retr.retriever.models import model_fingerprint, model_inference, resolve_model
 
 PARTS, NORMALIZE, POOLS = ("both", "cls", "bow"), ("none", "halves", "whole"), ("max", "sum")
 
@@ -130,8 +130,6 @@ class DupMAEEncoder:
 
     def halves(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The raw halves: [CLS] vectors (n, hidden) and reduced bag-of-words vectors (n, bow_dim)."""
-        import torch
-
         mlm, bow_dim = self.mlm, self.bow_dim
         cls_out = np.zeros((len(texts), self.hidden), np.float32)
         bow_out = np.zeros((len(texts), bow_dim), np.float32)
@@ -141,7 +139,7 @@ class DupMAEEncoder:
             enc = mlm.tokenizer([texts[i] for i in batch], truncation=True, max_length=self.max_length,
                                 padding="longest", return_tensors="pt", return_special_tokens_mask=True)
             ordinary = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
-            with torch.inference_mode():
+            with model_inference(mlm.device):
                 out = mlm.model(input_ids=enc["input_ids"].to(mlm.device),
                                 attention_mask=enc["attention_mask"].to(mlm.device), output_hidden_states=True)
                 bow = ordinary_bow(out.logits, ordinary.to(mlm.device), self.token_pool)

@@ -15,7 +15,7 @@ import numpy as np
 
 from retr.errors import RetrError
 from retr.retriever.batching import id_batches, pad_rows
-from retr.retriever.models import quiet_model_libraries
+from retr.retriever.models import model_inference, quiet_model_libraries
 
 
 @dataclass
@@ -76,6 +76,6 @@ def vocab_logits(
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
     for batch, enc in id_batches(texts, batch_size, mlm.tokenizer, max_length, features, mlm.device):
-        with torch.inference_mode():
+        with model_inference(mlm.device):
             logits = mlm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             yield batch.tolist(), logits, enc["attention_mask"].bool()

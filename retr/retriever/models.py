@@ -7,10 +7,12 @@ the library that loads it (which reads the local Hugging Face cache or the Hub).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 # Hub name (lower case) -> (package, folder inside it)
 SHIPPED: dict[str, tuple[str, str]] = {
@@ -55,3 +57,24 @@ def quiet_model_libraries() -> None:
         return
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def model_inference(device: Any) -> Iterator[None]:
+    """Run a model's forward passes: ``torch.inference_mode``, and on CUDA attention without cuDNN's kernels.
+
+    PyTorch sends a half-precision attention with a padding mask to cuDNN first, and cuDNN builds an
+    execution plan for every new (batch, padded length), as length-sorted batches all are: all-MiniLM-L6-v2
+    in float16 encoded 100,000 pypi-summaries documents in 6.7 s with cuDNN, 1.8 s with the flash,
+    memory-efficient and math kernels (H100). The choice is PyTorch's process-wide setting, restored on exit.
+    """
+    import torch
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        if torch.device(device).type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                             SDPBackend.MATH]))
+        yield

@@ -128,3 +128,19 @@ def test_a_float16_checkpoint_computes_in_the_dtype_asked_for(cranfield, tmp_pat
     assert np.abs(encoder._encode(texts) - want).max() < 1e-5
     half = DenseEncoder(str(tmp_path / "fp16"), batch_size=16, dtype="float16")
     assert next(half.st.parameters()).dtype == torch.float16
+
+
+def test_model_inference_keeps_cudnn_attention_out_on_cuda_only():
+    import torch
+
+    from retr.retriever.models import model_inference
+
+    flags = torch.backends.cuda
+    before = (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled())
+    with model_inference("cuda"):
+        assert torch.is_inference_mode_enabled()
+        assert not flags.cudnn_sdp_enabled() and flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled()
+        assert flags.math_sdp_enabled()
+    assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
+    with model_inference("cpu"):
+        assert torch.is_inference_mode_enabled() and flags.cudnn_sdp_enabled() == before[0]
