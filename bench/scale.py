@@ -329,14 +329,15 @@ def report(paths: list[str]) -> None:
     growth = []
     machines = sorted({machine_label(r["machine"]) for r in builds})
     for name in order:
-        for host in machines:  # a fit over one machine's sizes only: rates and build times depend on the machine
-            series: dict[int, dict[str, Any]] = {}  # one record a size: the latest (the current code's)
+        for host in machines:  # a fit over one machine's sizes and one spec: settings change every figure
+            specs: dict[str, dict[int, dict[str, Any]]] = {}  # one record a size: the latest (the current code's)
             for r in builds:
                 if r["type"] == name and machine_label(r["machine"]) == host:
-                    series[r["size"]] = r
-            mine = [series[size] for size in sorted(series)]
-            if len(mine) >= 2:
-                growth.append(_growth(name, host, mine))
+                    specs.setdefault(r.get("index", ""), {})[r["size"]] = r
+            for spec, series in specs.items():
+                if len(series) >= 2:
+                    label = name if spec in ("", TYPES[name][1]) else f"{name} `{spec}`"
+                    growth.append(_growth(label, host, [series[size] for size in sorted(series)]))
     sections.append("## Fitted growth (power law over one machine's sizes) and MS MARCO (8.8M passages)\n\n" + md_table(
         ["type", "machine", "sizes", "build time", "build peak RSS", "disk", "search peak RSS", "q/s (batch)"], growth))
     if encodes:
