@@ -39,6 +39,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.eval.datasets import Dataset
 from retr.progress import progress_bar
+from retr.quantizers.pq import pq_codebooks, set_pq_codebooks
 from retr.storage import GrowingArray
 
 QUERY_ENCODER_DIR, CENTROIDS_FILE, STATE_FILE = "query_encoder", "centroids.safetensors", "jpq.json"
@@ -106,7 +107,7 @@ def save_jpq_state(index: Any, directory: Path) -> None:
 
     (directory / QUERY_ENCODER_DIR).mkdir()
     index.query_encoder.save(directory / QUERY_ENCODER_DIR)
-    save_file({"centroids": pq_centroids(index.quantizer)}, str(directory / CENTROIDS_FILE))
+    save_file({"centroids": pq_codebooks(index.quantizer.pq)}, str(directory / CENTROIDS_FILE))
     (directory / STATE_FILE).write_text(json.dumps(index.training, indent=2) + "\n")
 
 
@@ -117,27 +118,10 @@ def load_jpq_state(index: Any, directory: Path) -> None:
     from safetensors.numpy import load_file
 
     centroids = load_file(str(directory / CENTROIDS_FILE))["centroids"]
-    set_pq_centroids(index.quantizer, centroids)
+    set_pq_codebooks(index.quantizer.pq, centroids, "JPQ centroids")
     index.refresh()
     index.query_encoder = QueryEncoder.load(directory / QUERY_ENCODER_DIR)
     index.training = json.loads((directory / STATE_FILE).read_text())
-
-
-def pq_centroids(quantizer: Any) -> np.ndarray:
-    """FAISS PQ centroids as (M, 2**nbits, dim / M) float32."""
-    import faiss
-
-    pq = quantizer.pq
-    return faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub).astype(np.float32)
-
-
-def set_pq_centroids(quantizer: Any, centroids: np.ndarray) -> None:
-    import faiss
-
-    pq = quantizer.pq
-    if centroids.shape != (pq.M, pq.ksub, pq.dsub):
-        raise RetrError(f"JPQ centroids have shape {centroids.shape}, the PQ needs {(pq.M, pq.ksub, pq.dsub)}; retrain")
-    faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(), pq.centroids)
 
 
 # ---------------------------------------------------------------- training
@@ -218,7 +202,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
     if not qids:
         raise RetrError(f"{train.name}: no training query has a relevant document in the index; JPQ has nothing to learn")
 
-    centroids = torch.nn.Parameter(torch.from_numpy(pq_centroids(index.quantizer)).to(s.device))
+    centroids = torch.nn.Parameter(torch.from_numpy(pq_codebooks(index.quantizer.pq)).to(s.device))
     codes = torch.from_numpy(np.asarray(index.codes, dtype=np.int64)).to(s.device)
     optimizer = torch.optim.AdamW([
         {"params": [p for p in model.parameters() if p.requires_grad], "lr": s.lr_encoder},
@@ -266,7 +250,7 @@ def train_jpq(retriever: Any, train: Dataset, settings: JPQSettings | None = Non
                 bar.update(1)
             losses.append(float(np.mean(epoch_loss)))
     model.eval()
-    set_pq_centroids(index.quantizer, centroids.detach().cpu().numpy())
+    set_pq_codebooks(index.quantizer.pq, centroids.detach().cpu().numpy(), "JPQ centroids")
     index.refresh()
     index.query_encoder = QueryEncoder(model)
     index.training = {"settings": asdict(s), "train_queries": len(qids),

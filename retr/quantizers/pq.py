@@ -35,6 +35,18 @@ def _faiss() -> Any:
     return faiss
 
 
+def pq_codebooks(pq: Any) -> np.ndarray:
+    """A FAISS ``ProductQuantizer``'s centroids as (M, 2**nbits, dim / M) float32."""
+    return _faiss().vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub).astype(np.float32)
+
+
+def set_pq_codebooks(pq: Any, codebooks: np.ndarray, what: str) -> None:
+    """Copy (M, 2**nbits, dim / M) ``codebooks`` into a FAISS ``ProductQuantizer``, or a clear error."""
+    if codebooks.shape != (pq.M, pq.ksub, pq.dsub):
+        raise RetrError(f"{what} have shape {codebooks.shape}, the PQ needs {(pq.M, pq.ksub, pq.dsub)}; retrain")
+    _faiss().copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(), pq.centroids)
+
+
 def check_vectors(vectors: Any, dim: int | None, what: str) -> np.ndarray:
     """A C-contiguous float32 (n, dim) matrix with n >= 1, or a clear error."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)

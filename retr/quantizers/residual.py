@@ -29,6 +29,7 @@ import numpy as np
 from retr.errors import RetrError
 from retr.indexers.faiss_index import check_finite
 from retr.quantizers.kmeans import nearest_centroids, spherical_kmeans
+from retr.quantizers.pq import pq_codebooks, set_pq_codebooks
 from retr.storage import load_array, save_array
 
 CENTROIDS_FILE, CUTOFFS_FILE, WEIGHTS_FILE = "centroids.npy", "cutoffs.npy", "weights.npy"
@@ -85,6 +86,7 @@ class ResidualQuantizer:
         self.weights: np.ndarray | None = None  # bits: (dim, 2^nbits) float32
         self.codebooks: np.ndarray | None = None  # pq: (m, 256, dim / m) float32
         self._table: np.ndarray | None = None  # decoding lookup, from the weights or codebooks (byte_table)
+        self._pq: Any = None  # pq: a FAISS ProductQuantizer holding the codebooks, for encoding (faiss_pq)
 
     def config(self) -> dict[str, Any]:
         return {"nbits": self.nbits, "n_centroids": self.n_centroids, "niter": self.niter,
@@ -141,7 +143,7 @@ class ResidualQuantizer:
 
         A float16 sample is kept as it is (half the memory; k-means widens it a block at a time)."""
         x = self._check(vectors, "training the residual quantizer", (np.float32, np.float16))
-        self._table = None
+        self._table = self._pq = None
         if self.residual == "pq" and x.shape[1] % self.m:
             raise RetrError(f"residual quantizer: m={self.m} does not divide the dimension {x.shape[1]}")
         rng = np.random.default_rng(self.seed)
@@ -202,7 +204,8 @@ class ResidualQuantizer:
 
     def _encode_residuals(self, res: np.ndarray) -> np.ndarray:
         if self.residual == "pq":
-            return _pq_codes(res, self.codebooks)
+            # faiss's threaded compute_codes: 12x numpy's product-and-argmin a sub-space at a time (2 cores, m=192)
+            return self.faiss_pq().compute_codes(np.ascontiguousarray(res, dtype=np.float32))
         buckets = np.zeros(res.shape, dtype=np.uint8)  # (n, dim): how many cut-offs each value exceeds
         for cut in self.cutoffs.T:
             buckets += res > cut
@@ -234,6 +237,16 @@ class ResidualQuantizer:
         if len(ids):
             decode_residuals(ids, np.asarray(codes)[:, self.id_size :], c, self.byte_table(), out)
         return out
+
+    def faiss_pq(self) -> Any:
+        """A FAISS ``ProductQuantizer`` holding the codebooks (``residual=pq``), made once: it encodes residuals."""
+        if self._pq is None:
+            import faiss
+
+            m, _, dsub = self.codebooks.shape
+            self._pq = faiss.ProductQuantizer(m * dsub, m, PQ_BITS)
+            set_pq_codebooks(self._pq, self.codebooks, "residual PQ codebooks")
+        return self._pq
 
     def byte_table(self) -> np.ndarray:
         """float32 (residual bytes, 256, values a byte): what byte ``j`` of a residual decodes to when it is ``b``
@@ -337,15 +350,4 @@ def _train_pq(residuals: np.ndarray, m: int, seed: int) -> np.ndarray:
     pq = faiss.ProductQuantizer(dim, m, PQ_BITS)
     pq.cp.seed = seed
     pq.train(np.ascontiguousarray(residuals))
-    return faiss.vector_to_array(pq.centroids).astype(np.float32).reshape(m, 1 << PQ_BITS, dim // m)
-
-
-def _pq_codes(residuals: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    """uint8 (n, m): the nearest codeword (squared L2) of each sub-vector, by faiss's threaded
-    ``compute_codes`` (12x numpy's product-and-argmin a sub-space at a time on 2 cores, at m=192)."""
-    import faiss
-
-    m, _, dsub = codebooks.shape
-    pq = faiss.ProductQuantizer(m * dsub, m, PQ_BITS)
-    faiss.copy_array_to_vector(np.ascontiguousarray(codebooks, dtype=np.float32).ravel(), pq.centroids)
-    return pq.compute_codes(np.ascontiguousarray(residuals, dtype=np.float32))
+    return pq_codebooks(pq)

@@ -33,11 +33,11 @@ def jpq(pq_retriever, cranfield):
 
 
 def test_reconstruct_matches_faiss_decode(pq_retriever):
-    from retr.quantizers.jpq import pq_centroids
+    from retr.quantizers.pq import pq_codebooks
 
     q = pq_retriever.index.quantizer
     codes = pq_retriever.index.codes[:100]
-    ours = reconstruct(torch.from_numpy(pq_centroids(q)), torch.from_numpy(codes.astype(np.int64))).numpy()
+    ours = reconstruct(torch.from_numpy(pq_codebooks(q.pq)), torch.from_numpy(codes.astype(np.int64))).numpy()
     np.testing.assert_allclose(ours, q.decode(codes), atol=1e-6)
 
 
